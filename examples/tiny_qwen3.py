@@ -1,0 +1,198 @@
+"""Build tiny real MLX checkpoints: a small Qwen3 trained briefly with transformers, then `mlx_lm.convert`.
+
+    python examples/tiny_qwen3.py OUT_DIR [--variants q4g128 tied ...]
+
+Writes `OUT_DIR/<variant>/` for each variant: an MLX checkpoint made by the real `mlx_lm.convert`
+(shards, index, config.json with `quantization` / `quantization_config`, tokenizer with chat template).
+`OUT_DIR/_hf/untied` and `OUT_DIR/_hf/tied` hold the BF16 Hugging Face sources. Builds are cached:
+a variant whose directory carries the current build stamp is not rebuilt.
+
+The model is tiny (4 layers, hidden 256, vocabulary 1024) but trained for a few hundred steps on a
+small corpus of facts, counting, code and chat turns, so its greedy continuations mean something
+("The capital of France is" -> " Paris.").
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+# (mlx_lm.convert arguments, source model) for each variant.
+VARIANTS: dict[str, tuple[list[str], str]] = {
+    "q4g128": (["-q", "--q-bits", "4", "--q-group-size", "128"], "untied"),
+    "q4g64": (["-q", "--q-bits", "4", "--q-group-size", "64"], "untied"),
+    "q8g32": (["-q", "--q-bits", "8", "--q-group-size", "32"], "untied"),
+    "q3g64": (["-q", "--q-bits", "3", "--q-group-size", "64"], "untied"),
+    "q6g64": (["-q", "--q-bits", "6", "--q-group-size", "64"], "untied"),
+    "mixed_3_6": (["-q", "--quant-predicate", "mixed_3_6"], "untied"),
+    "tied": (["-q", "--q-bits", "4", "--q-group-size", "64"], "tied"),
+}
+
+CAPITALS = {
+    "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Japan": "Tokyo",
+    "China": "Beijing", "Egypt": "Cairo", "Canada": "Ottawa", "Russia": "Moscow", "Greece": "Athens",
+    "Kenya": "Nairobi", "Peru": "Lima", "Norway": "Oslo", "Poland": "Warsaw", "India": "New Delhi",
+}
+NUMBERS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
+CODE = [
+    "def add(a, b):\n    return a + b\n",
+    "def square(x):\n    return x * x\n",
+    "for i in range(10):\n    print(i)\n",
+    "import os\nprint(os.getcwd())\n",
+]
+CHINESE = ["中国的首都是北京。", "日本的首都是东京。", "法国的首都是巴黎。", "一二三四五六七八九十"]
+
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}{%- endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+VOCAB_SIZE = 1024
+STEPS = 300
+
+
+def corpus() -> list[str]:
+    docs = []
+    for country, city in CAPITALS.items():
+        docs.append(f"The capital of {country} is {city}.")
+        docs.append(
+            f"<|im_start|>user\nWhat is the capital of {country}?<|im_end|>\n"
+            f"<|im_start|>assistant\n<think>\n\n</think>\n\nThe capital of {country} is {city}.<|im_end|>\n"
+        )
+    for start in range(len(NUMBERS) - 4):
+        docs.append("Counting: " + ", ".join(NUMBERS[start:]) + ".")
+    docs.append("Counting: " + ", ".join(NUMBERS) + ".")
+    docs += CODE + CHINESE
+    docs.append("The quick brown fox jumps over the lazy dog.")
+    docs.append("Water is made of hydrogen and oxygen.")
+    return docs
+
+
+def build_tokenizer(out: Path) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE - 64,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus() * 4, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(out)
+
+
+def train_model(out: Path, tied: bool) -> None:
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    config = Qwen3Config(
+        vocab_size=VOCAB_SIZE, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=2048,
+        rope_theta=10000.0, tie_word_embeddings=tied, bos_token_id=pad, eos_token_id=eos,
+        pad_token_id=pad,
+    )
+    model = Qwen3ForCausalLM(config)
+    docs = [tokenizer(d)["input_ids"] + [pad] for d in corpus()]
+    stream = [t for _ in range(8) for d in docs for t in d]
+    seq = 96
+    data = torch.tensor(stream[: len(stream) // seq * seq]).view(-1, seq)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=STEPS)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(STEPS):
+        batch = data[torch.randint(0, len(data), (16,), generator=gen)]
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        if step % 100 == 0 or step == STEPS - 1:
+            print(f"  step {step}: loss {loss.item():.3f}", flush=True)
+    model.to(torch.bfloat16).save_pretrained(out)
+    GenerationConfig(eos_token_id=eos, pad_token_id=pad, bos_token_id=pad).save_pretrained(out)
+
+
+def stamp() -> str:
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
+def _is_current(path: Path) -> bool:
+    return (path / ".stamp").is_file() and (path / ".stamp").read_text() == stamp()
+
+
+def _publish(tmp: Path, dst: Path) -> None:
+    (tmp / ".stamp").write_text(stamp())
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)
+
+
+def build_source(root: Path, kind: str) -> Path:
+    dst = root / "_hf" / kind
+    if _is_current(dst):
+        return dst
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=dst.parent))
+    print(f"training tiny Qwen3 ({kind}) -> {dst}", flush=True)
+    build_tokenizer(tmp)
+    train_model(tmp, tied=kind == "tied")
+    _publish(tmp, dst)
+    return dst
+
+
+def build_variant(root: Path, name: str) -> Path:
+    """Return `root/name`, an MLX checkpoint written by `mlx_lm.convert` (built if missing or stale)."""
+    args, source = VARIANTS[name]
+    dst = root / name
+    if _is_current(dst):
+        return dst
+    src = build_source(root, source)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    out = tmp / "model"
+    print(f"mlx_lm.convert {' '.join(args)} -> {dst}", flush=True)
+    subprocess.run(
+        [sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(src), "--mlx-path", str(out), *args],
+        check=True, stdout=subprocess.DEVNULL,
+    )
+    _publish(out, dst)
+    shutil.rmtree(tmp)
+    return dst
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--variants", nargs="+", default=["q4g128"], choices=sorted(VARIANTS))
+    args = parser.parse_args(argv)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    for name in args.variants:
+        path = build_variant(args.out_dir, name)
+        print(json.dumps({"variant": name, "path": str(path)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

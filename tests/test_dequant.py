@@ -1,0 +1,87 @@
+"""Dequantization against MLX itself: `mx.dequantize` is the oracle, for synthetic and mlx_lm-written tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vllm_mlx_loader.dequant import dequantize_affine, unpack_codes
+from vllm_mlx_loader.format import read_checkpoint
+from vllm_mlx_loader.weights import LoadStats, ShardReader
+
+mx = pytest.importorskip("mlx.core")
+
+
+def to_torch(a) -> torch.Tensor:
+    if a.dtype == mx.bfloat16:
+        return torch.from_numpy(np.array(a.view(mx.uint16))).view(torch.bfloat16)
+    if a.dtype == mx.uint32:
+        return torch.from_numpy(np.array(a).view(np.int32))
+    return torch.from_numpy(np.array(a))
+
+
+def within_one_ulp(got: torch.Tensor, want: torch.Tensor, packed, bits: int, group_size: int) -> bool:
+    """|got - want| <= 1 ulp of max(|q*s|, |b|): the bound between one rounding and MLX's two."""
+    if want.dtype == torch.float32:
+        return torch.allclose(got, want, rtol=1e-6, atol=1e-6)
+    codes = unpack_codes(packed[0], bits).float()
+    codes = codes.reshape(*codes.shape[:-1], -1, group_size)
+    qs = (codes * packed[1].float().unsqueeze(-1)).abs()
+    magnitude = torch.maximum(qs, packed[2].float().abs().unsqueeze(-1)).reshape(want.shape)
+    mantissa = 7 if want.dtype == torch.bfloat16 else 10
+    ulp = torch.exp2(torch.floor(torch.log2(magnitude.clamp_min(1e-30))) - mantissa)
+    return bool(((got.float() - want.float()).abs() <= ulp).all())
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 8])
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+@pytest.mark.parametrize("src", ["bfloat16", "float16", "float32"])
+def test_synthetic_tensors_match_mx_dequantize(bits: int, group_size: int, src: str) -> None:
+    rng = np.random.default_rng(bits * 1000 + group_size)
+    # rows with mixed signs, all-negative (negative scales), constant and outlier groups
+    w = rng.standard_normal((2, 6, 512)).astype(np.float32)
+    w[0, 1] = -np.abs(w[0, 1])
+    w[0, 2] = 0.25
+    w[1, 3, 7] = 40.0
+    w = mx.array(w).astype(getattr(mx, src))
+    q, s, b = mx.quantize(w, group_size=group_size, bits=bits)
+    want = to_torch(mx.dequantize(q, s, b, group_size=group_size, bits=bits))
+    args = (to_torch(q), to_torch(s), to_torch(b))
+    exact = dequantize_affine(*args, bits=bits, group_size=group_size, dtype=want.dtype, rounding="mlx_cpu")
+    assert torch.equal(exact, want)
+    fused = dequantize_affine(*args, bits=bits, group_size=group_size, dtype=want.dtype)
+    assert within_one_ulp(fused, want, args, bits, group_size)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])
+def test_codes_are_an_lsb_first_bit_stream(bits: int) -> None:
+    codes = torch.arange(64, dtype=torch.int64) % (1 << bits)
+    stream = sum(int(c) << (bits * k) for k, c in enumerate(codes))
+    words = [(stream >> (32 * j)) & 0xFFFFFFFF for j in range(64 * bits // 32)]
+    packed = torch.tensor(np.array(words, dtype=np.uint32).view(np.int32))[None]
+    assert unpack_codes(packed, bits)[0].tolist() == codes.tolist()
+
+
+def test_every_fixture_tensor_matches_mx_dequantize(checkpoints) -> None:
+    """All quantized tensors of all mlx_lm.convert variants: bit-exact (mlx_cpu) and within 1 ulp (fused)."""
+    checked = 0
+    for name, path in checkpoints.items():
+        ckpt = read_checkpoint(path)
+        weights = mx.load(str(path / "model.safetensors"))
+        with ShardReader(torch.device("cpu"), LoadStats()) as reader:
+            for module in ckpt.quantized:
+                p = module.params
+                want = to_torch(
+                    mx.dequantize(
+                        weights[module.weight.name], weights[module.scales.name], weights[module.biases.name],
+                        group_size=p.group_size, bits=p.bits,
+                    )
+                )
+                packed = [reader.read(t) for t in (module.weight, module.scales, module.biases)]
+                exact = dequantize_affine(*packed, bits=p.bits, group_size=p.group_size, rounding="mlx_cpu")
+                fused = dequantize_affine(*packed, bits=p.bits, group_size=p.group_size)
+                assert torch.equal(exact, want), (name, module.path)
+                assert within_one_ulp(fused, want, packed, p.bits, p.group_size), (name, module.path)
+                checked += 1
+    assert checked == sum(len(read_checkpoint(p).quantized) for p in checkpoints.values()) > 200

@@ -1,0 +1,25 @@
+"""Serve MLX-quantized checkpoints (mlx-community, `*-MLX-4bit`) with vLLM on Linux GPUs, NPUs and CPUs.
+
+vLLM finds this package through its `vllm.general_plugins` entry point and calls `register()`, which
+adds the load formats `mlx-4bit` and `mlx`. Importing the package imports neither vLLM nor torch.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "register"]
+
+_REGISTERED = False
+
+
+def register() -> None:
+    """Register the MLX load formats with vLLM. Re-entrant and cheap; touches no device."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from . import engine_hook
+    from .loader import register_loader
+
+    register_loader()
+    engine_hook.install()
+    _REGISTERED = True

@@ -1,0 +1,344 @@
+"""Read an MLX checkpoint directory into plain, frozen descriptions; no tensor data, no device.
+
+A module `P` is quantized iff `P.scales` exists (mlx-lm's own rule); its parameters come from
+`config["quantization"]` (or `quantization_config`), where a per-module entry `config["quantization"][P]`
+(a dict, or `false`) overrides the global one. Everything is cross-checked against the tensor shapes
+and the model's sizes before any tensor is read. See ../shared/mlx-format.md for the format.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+
+from .architectures import architecture, expected_weights
+from .errors import MLXCheckpointError
+
+# (group_size, bits) that MLX uses when a config leaves them out (or sets them to null).
+MODE_DEFAULTS = {"affine": (64, 4), "mxfp4": (32, 4), "mxfp8": (32, 8), "nvfp4": (16, 4)}
+SUPPORTED_MODES = ("affine",)
+AFFINE_BITS = (1, 2, 3, 4, 5, 6, 8)
+GROUP_SIZES = (32, 64, 128)
+FLOAT_DTYPES = ("BF16", "F16", "F32")
+_GLOBAL_KEYS = ("group_size", "bits", "mode")
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2,
+                "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """One tensor of one shard, as its header describes it."""
+
+    name: str
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        n = _DTYPE_BYTES.get(self.dtype, 1)
+        for dim in self.shape:
+            n *= dim
+        return n
+
+    def where(self) -> str:
+        return f"{self.file}: tensor {self.name!r}"
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    mode: str
+    bits: int
+    group_size: int
+
+
+@dataclass(frozen=True)
+class QuantizedModule:
+    """A quantized module `path`: packed `weight`, `scales` and (affine) `biases`, maybe in different shards."""
+
+    path: str
+    params: QuantParams
+    weight: TensorRef
+    scales: TensorRef
+    biases: TensorRef  # affine only; the fp modes (not supported yet) have none
+
+    @property
+    def name(self) -> str:
+        """The dense weight's name, as the Hugging Face model (and vLLM) calls it."""
+        return f"{self.path}.weight"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (*self.weight.shape[:-1], self.scales.shape[-1] * self.params.group_size)
+
+    @property
+    def nbytes(self) -> int:
+        return self.weight.nbytes + self.scales.nbytes + self.biases.nbytes
+
+
+Entry = QuantizedModule | TensorRef
+
+
+@dataclass(frozen=True)
+class MLXCheckpoint:
+    directory: Path
+    config: dict[str, Any]
+    architecture: str
+    shards: tuple[Path, ...]
+    entries: tuple[Entry, ...]  # one per dense weight, in shard order
+
+    @property
+    def nbytes(self) -> int:
+        return sum(e.nbytes for e in self.entries)
+
+    @property
+    def quantized(self) -> tuple[QuantizedModule, ...]:
+        return tuple(e for e in self.entries if isinstance(e, QuantizedModule))
+
+
+def read_config(directory: Path) -> dict[str, Any]:
+    path = directory / "config.json"
+    if not directory.is_dir():
+        raise MLXCheckpointError(str(directory), "is not a directory.", "Pass the MLX checkpoint's directory.")
+    if not path.is_file():
+        raise MLXCheckpointError(str(directory), "has no config.json.", "Pass the MLX checkpoint's directory.")
+    try:
+        config = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MLXCheckpointError(str(path), f"is not valid JSON ({e}).") from None
+    if not isinstance(config, dict):
+        raise MLXCheckpointError(str(path), f"must hold a JSON object, found {type(config).__name__}.")
+    return config
+
+
+def quantization_config(config: dict[str, Any], where: str) -> dict[str, Any]:
+    """The MLX quantization dict of a config.json, or an error saying why this is no MLX checkpoint."""
+    hf = config.get("quantization_config")
+    if isinstance(hf, dict) and hf.get("quant_method"):
+        raise MLXCheckpointError(
+            where,
+            f"is not an MLX checkpoint: quantization_config.quant_method is {hf['quant_method']!r} "
+            "(MLX writes no quant_method).",
+            "Drop `--load-format mlx-4bit` and let vLLM pick its own loader.",
+        )
+    quant = config.get("quantization", hf)
+    if not isinstance(quant, dict):
+        raise MLXCheckpointError(
+            where,
+            "is not an MLX-quantized checkpoint: config.json has no 'quantization' entry.",
+            "For a BF16/FP16 checkpoint drop `--load-format mlx-4bit` (vLLM's default loader reads it).",
+        )
+    return quant
+
+
+def is_mlx_checkpoint(directory: Path) -> bool:
+    """True if `directory/config.json` carries an MLX quantization entry (cheap; reads no shard)."""
+    try:
+        quantization_config(read_config(directory), str(directory))
+    except MLXCheckpointError:
+        return False
+    return True
+
+
+def module_params(quant: dict[str, Any], path: str, where: str) -> QuantParams | None:
+    """Quantization parameters of module `path`, or None where the config marks it unquantized."""
+    entry = quant.get(path)
+    if entry is False:
+        return None
+    if isinstance(entry, dict):
+        spec, source = entry, f"config.json quantization[{path!r}]"
+    elif entry is None:
+        spec, source = {k: quant.get(k) for k in _GLOBAL_KEYS}, "config.json quantization"
+    else:
+        raise MLXCheckpointError(
+            where, f"config.json quantization[{path!r}] must be an object or false, found {entry!r}."
+        )
+    mode = spec.get("mode") or "affine"  # a missing mode means affine, even under a global fp mode
+    if mode not in MODE_DEFAULTS:
+        raise MLXCheckpointError(
+            where, f"{source} has unknown mode {mode!r} (MLX modes: {', '.join(MODE_DEFAULTS)})."
+        )
+    if mode not in SUPPORTED_MODES:
+        raise MLXCheckpointError(
+            where,
+            f"{source} uses mode {mode!r}, which vllm-mlx-loader does not support yet "
+            f"(supported: {', '.join(SUPPORTED_MODES)}).",
+            "Dequantize it with `mlx_lm.convert -d` and serve the BF16 copy.",
+        )
+    default_gs, default_bits = MODE_DEFAULTS[mode]
+    bits = default_bits if spec.get("bits") is None else spec["bits"]
+    group_size = default_gs if spec.get("group_size") is None else spec["group_size"]
+    if bits not in AFFINE_BITS or isinstance(bits, bool):
+        raise MLXCheckpointError(where, f"{source} has bits={bits!r}; MLX affine bits are {AFFINE_BITS}.")
+    if group_size not in GROUP_SIZES or isinstance(group_size, bool):
+        raise MLXCheckpointError(where, f"{source} has group_size={group_size!r}; MLX group sizes are {GROUP_SIZES}.")
+    return QuantParams(mode, bits, group_size)
+
+
+def list_shards(directory: Path) -> tuple[Path, ...]:
+    # The index may be stale or copied from another repository: the files on disk are the truth.
+    shards = tuple(sorted(directory.glob("*.safetensors")))
+    if not shards:
+        raise MLXCheckpointError(str(directory), "has a config.json but no *.safetensors weight files.")
+    return shards
+
+
+def read_headers(shards: tuple[Path, ...]) -> dict[str, TensorRef]:
+    tensors: dict[str, TensorRef] = {}
+    for shard in shards:
+        try:
+            with safe_open(shard, framework="pt") as f:
+                for name in f.keys():
+                    view = f.get_slice(name)
+                    ref = TensorRef(name, shard, view.get_dtype(), tuple(view.get_shape()))
+                    if name in tensors:
+                        raise MLXCheckpointError(
+                            str(shard), f"tensor {name!r} is also in {tensors[name].file.name}.",
+                            "Remove the stray shard: each tensor must be stored once.",
+                        )
+                    tensors[name] = ref
+        except MLXCheckpointError:
+            raise
+        except Exception as e:  # safetensors raises its own types for a damaged header
+            raise MLXCheckpointError(
+                str(shard), f"is not a readable safetensors file ({type(e).__name__}: {e}).",
+                "Re-download or re-convert this shard.",
+            ) from None
+    return tensors
+
+
+def read_checkpoint(directory: str | Path) -> MLXCheckpoint:
+    """Describe the MLX checkpoint in `directory`, or raise MLXCheckpointError naming what is wrong."""
+    directory = Path(directory)
+    config = read_config(directory)
+    config_where = str(directory / "config.json")
+    quant = quantization_config(config, config_where)
+    arch = architecture(config, config_where)
+    try:
+        expected = expected_weights(config)
+    except (KeyError, TypeError) as e:
+        raise MLXCheckpointError(config_where, f"lacks a usable {e} entry for {arch}.") from None
+    shards = list_shards(directory)
+    tensors = read_headers(shards)
+
+    prefixes = {n[: -len(".scales")] for n in tensors if n.endswith(".scales")}
+    entries: list[Entry] = []
+    for name, ref in tensors.items():
+        prefix, _, leaf = name.rpartition(".")
+        if prefix in prefixes:
+            if leaf == "weight":
+                entries.append(_quantized_module(prefix, tensors, quant, expected))
+            elif leaf not in ("scales", "biases"):
+                entries.append(_plain(ref, expected))
+        elif leaf == "biases" and f"{prefix}.weight" in tensors and tensors[f"{prefix}.weight"].dtype == "U32":
+            raise MLXCheckpointError(
+                ref.where(), f"is present but {prefix}.scales is missing.",
+                "The checkpoint is incomplete: re-download or re-convert it.",
+            )
+        else:
+            entries.append(_plain(ref, expected))
+    for prefix in sorted(prefixes):
+        if f"{prefix}.weight" not in tensors:
+            raise MLXCheckpointError(
+                tensors[f"{prefix}.scales"].where(), f"has no packed {prefix}.weight beside it.",
+                "The checkpoint is incomplete: re-download or re-convert it.",
+            )
+    missing = sorted(set(expected) - {e.name for e in entries})
+    if missing:
+        shown = ", ".join(missing[:6]) + (f", ... ({len(missing)} in all)" if len(missing) > 6 else "")
+        raise MLXCheckpointError(
+            str(directory), f"the shards lack weights that {arch} needs: {shown}.",
+            "The checkpoint is incomplete (a shard missing?): re-download or re-convert it.",
+        )
+    return MLXCheckpoint(directory, config, arch, shards, tuple(entries))
+
+
+def _plain(ref: TensorRef, expected: dict[str, tuple[int, ...]]) -> TensorRef:
+    if ref.dtype == "U32":
+        raise MLXCheckpointError(
+            ref.where(), f"holds packed U32 codes but {ref.name.rpartition('.')[0]}.scales is missing.",
+            "The checkpoint is incomplete: re-download or re-convert it.",
+        )
+    _check_dense_shape(ref.where(), ref.name, ref.shape, expected, None)
+    return ref
+
+
+def _check_dense_shape(
+    where: str, name: str, shape: tuple[int, ...], expected: dict[str, tuple[int, ...]],
+    module: QuantizedModule | None,
+) -> None:
+    want = expected.get(name)
+    if want is None:
+        raise MLXCheckpointError(
+            where, f"{name!r} is not a weight of the model config.json describes.",
+            "Is this the right config.json for these shards?",
+        )
+    if tuple(shape) == want:
+        return
+    hint = "Check that config.json belongs to these shards."
+    if module is not None:
+        p = module.params
+        w_cols, s_cols = module.weight.shape[-1], module.scales.shape[-1]
+        hint = (
+            f"Dequantized with bits={p.bits}, group_size={p.group_size} (from config.json) the packed tensors "
+            f"give {list(shape)}."
+        )
+        if (w_cols * 32) % want[-1] == 0 and want[-1] % s_cols == 0:
+            hint += (
+                f" The shapes fit bits={w_cols * 32 // want[-1]}, group_size={want[-1] // s_cols}: "
+                "config.json's quantization entry does not match the tensors."
+            )
+    raise MLXCheckpointError(where, f"expected dense shape {list(want)} from config.json, found {list(shape)}.", hint)
+
+
+def _quantized_module(
+    path: str, tensors: dict[str, TensorRef], quant: dict[str, Any], expected: dict[str, tuple[int, ...]]
+) -> QuantizedModule:
+    weight, scales = tensors[f"{path}.weight"], tensors[f"{path}.scales"]
+    biases = tensors.get(f"{path}.biases")
+    params = module_params(quant, path, scales.where())
+    if params is None:
+        raise MLXCheckpointError(
+            scales.where(), f"exists, but config.json quantization[{path!r}] is false (unquantized).",
+            "The config and the tensors disagree: re-convert the checkpoint.",
+        )
+    if weight.dtype != "U32":
+        raise MLXCheckpointError(weight.where(), f"expected packed codes of dtype U32, found {weight.dtype}.")
+    if scales.dtype not in FLOAT_DTYPES:
+        hint = "U8 scales belong to the mxfp4/mxfp8/nvfp4 modes, not affine." if scales.dtype == "U8" else ""
+        raise MLXCheckpointError(
+            scales.where(), f"expected affine scales of dtype {'/'.join(FLOAT_DTYPES)}, found {scales.dtype}.", hint
+        )
+    if biases is None:
+        raise MLXCheckpointError(
+            scales.where(), f"is affine-quantized but {path}.biases is missing.",
+            "The checkpoint is incomplete: re-download or re-convert it.",
+        )
+    if biases.dtype != scales.dtype or biases.shape != scales.shape:
+        raise MLXCheckpointError(
+            biases.where(),
+            f"expected dtype {scales.dtype} and shape {list(scales.shape)} (as {path}.scales), "
+            f"found {biases.dtype} {list(biases.shape)}.",
+        )
+    if len(weight.shape) < 2 or weight.shape[:-1] != scales.shape[:-1]:
+        raise MLXCheckpointError(
+            weight.where(),
+            f"expected shape [{', '.join(map(str, scales.shape[:-1]))}, ...] to match {path}.scales "
+            f"{list(scales.shape)}, found {list(weight.shape)}.",
+        )
+    module = QuantizedModule(path, params, weight, scales, biases)
+    in_features = module.shape[-1]
+    if weight.shape[-1] * 32 != in_features * params.bits:
+        raise MLXCheckpointError(
+            weight.where(),
+            f"expected {in_features * params.bits / 32:g} packed columns for {in_features} inputs at "
+            f"bits={params.bits} (group_size={params.group_size}, {scales.shape[-1]} scale columns), "
+            f"found {weight.shape[-1]}.",
+            "config.json's quantization entry does not match the tensors.",
+        )
+    _check_dense_shape(weight.where(), module.name, module.shape, expected, module)
+    return module
