@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 from pathlib import Path
@@ -13,6 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))
 
 import tiny_qwen3  # noqa: E402
+
+from vllm_mlx_loader.validate import shutdown_llm as shutdown  # noqa: E402, F401
 
 FIXTURES = Path(os.environ.get("VLLM_MLX_FIXTURES", REPO / ".cache" / "fixtures"))
 VARIANTS = sorted(tiny_qwen3.VARIANTS)
@@ -46,10 +47,3 @@ def engine_kwargs(**overrides):
     kwargs.update(overrides)
     return kwargs
 
-
-def shutdown(llm) -> None:
-    core = getattr(llm.llm_engine, "engine_core", None)
-    if core is not None and hasattr(core, "shutdown"):
-        core.shutdown()
-    del llm
-    gc.collect()

@@ -1,9 +1,17 @@
-"""MLX itself as the independent reference: greedy generation in float32 with mlx-lm (needs `mlx`)."""
+"""MLX itself as the independent reference, in float32 with mlx-lm (needs `mlx`; any platform).
+
+mlx-lm runs its own quantized layers on the packed codes: scales, biases and activations in float32.
+Nothing of this package's dequantization is shared, so a packing or bit-order bug shows here.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
 
 
 @dataclass(frozen=True)
@@ -12,21 +20,40 @@ class Generation:
     logprobs: list[float]  # log-probability of each chosen token
 
 
-def greedy_float32(model_dir: str | Path, prompts: list[list[int]], max_tokens: int) -> list[Generation]:
-    """Greedy-decode each prompt (token ids) with mlx-lm's model, scales and activations in float32."""
+def load_float32(model_dir: str | Path) -> Any:
     import mlx.core as mx
     from mlx_lm import load
 
     model, _ = load(str(model_dir))
     model.set_dtype(mx.float32)  # floating tensors only: packed codes stay, scales/biases become float32
+    return model
+
+
+def _logits(model: Any, tokens: list[int]) -> Any:
+    import mlx.core as mx
+
+    return model(mx.array([tokens]))[0].astype(mx.float32)
+
+
+def greedy_float32(model_dir: str | Path, prompts: list[list[int]], max_tokens: int) -> list[Generation]:
+    """Greedy-decode each prompt (token ids) with MLX in float32."""
+    import mlx.core as mx
+
+    model = load_float32(model_dir)
     results = []
     for prompt in prompts:
         tokens, logprobs = list(prompt), []
         for _ in range(max_tokens):
-            logits = model(mx.array([tokens]))[0, -1].astype(mx.float32)
+            logits = _logits(model, tokens)[-1]
             logp = logits - mx.logsumexp(logits)
             token = int(mx.argmax(logp).item())
             tokens.append(token)
             logprobs.append(float(logp[token].item()))
         results.append(Generation(tokens[len(prompt):], logprobs))
     return results
+
+
+def logits_float32(model_dir: str | Path, sequences: list[list[int]]) -> list[torch.Tensor]:
+    """Float32 logits `[len - 1, vocab]` for each token sequence (row i predicts token i + 1)."""
+    model = load_float32(model_dir)
+    return [torch.from_numpy(np.array(_logits(model, seq)[:-1])) for seq in sequences]

@@ -1,0 +1,116 @@
+"""`python -m vllm_mlx_loader.validate` on the tiny fixtures: passes when right, fails (exit 1) when broken."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from vllm_mlx_loader import validate, weights
+
+pytestmark = pytest.mark.engine
+FAST = ["--max-tokens", "8", "--enforce-eager", "--gpu-memory-utilization", "0.3"]
+
+
+@pytest.fixture(scope="module")
+def passing_report(checkpoints, tmp_path_factory):
+    out = tmp_path_factory.mktemp("validate")
+    code = validate.main([str(checkpoints["q4g128"]), "--output", str(out), *FAST])
+    return code, json.loads((out / "accuracy.json").read_text()), (out / "accuracy.md").read_text()
+
+
+def test_tiny_fixture_passes_every_gate(passing_report) -> None:
+    code, result, _ = passing_report
+    assert code == 0 and result["passed"] and result["failed"] == []
+    assert set(result["comparisons"]) == {"torch_fp32", "mlx_fp32"}
+    for comparison in result["comparisons"].values():
+        summary = comparison["teacher_forced"]
+        assert summary["min_cosine"] >= 0.999 and summary["hard_flips"] == 0
+        assert summary["positions"] > 1000  # every position of 9 prompts, the long one included
+
+
+def test_json_schema(passing_report) -> None:
+    _, result, _ = passing_report
+    assert result["schema_version"] == 1
+    assert {"model", "device", "versions", "settings", "gates", "comparisons", "prompts", "steps", "failed",
+            "passed", "quantization", "architecture", "created", "tool", "schema_version"} == set(result)
+    assert result["versions"]["vllm"] and result["versions"]["mlx"]
+    assert result["gates"] == {"min_cosine": 0.999, "min_top1": 0.99, "max_hard_flips": 0, "max_mean_kl": 0.001,
+                               "max_dlogprob": 0.1}
+    assert len(result["prompts"]) == 9 and result["prompts"][-1]["prompt_tokens"] >= 1024
+    for section in ("teacher_forced", "prompt_last_position", "generated_steps"):
+        summary = result["comparisons"]["torch_fp32"][section]
+        assert all(isinstance(summary[k], int | float) for k in summary)
+    step = result["steps"][0]
+    assert {"prompt", "step", "device_token_id", "device_token", "torch_fp32", "mlx_fp32"} == set(step)
+    assert set(step["mlx_fp32"]) == {"token_id", "max_abs_diff", "match"}
+    assert len(result["steps"]) == sum(len(p["device_token_ids"]) for p in result["prompts"])
+
+
+def test_markdown_tables_render(passing_report) -> None:
+    _, _, md = passing_report
+    tables = re.findall(r"(?:^\|.*\|$\n)+", md, flags=re.MULTILINE)
+    assert len(tables) == 6
+    for table in tables:
+        rows = [r for r in table.strip().split("\n")]
+        assert re.fullmatch(r"\|(---\|)+", rows[1])
+        # escaped pipes inside cells do not count as separators
+        widths = {len(re.findall(r"(?<!\\)\|", r)) for r in rows}
+        assert len(widths) == 1, table
+    assert "**Result: PASS**" in md
+
+
+def swap_nibbles_of(path: str):
+    """A deliberately broken dequantization: one tensor's nibble pairs swapped before unpacking."""
+    original = weights._dequantize
+
+    def broken(module, reader, dtype, rounding):
+        if module.path != path:
+            return original(module, reader, dtype, rounding)
+        real_read = reader.read
+
+        def read(ref):
+            t = real_read(ref)
+            if ref is module.weight:
+                t = ((t & 0x0F0F0F0F) << 4) | ((t >> 4) & 0x0F0F0F0F)
+            return t
+
+        reader.read = read
+        try:
+            return original(module, reader, dtype, rounding)
+        finally:
+            reader.read = real_read
+
+    return broken
+
+
+def test_broken_dequantization_is_caught_by_the_mlx_column(checkpoints, tmp_path, monkeypatch, capsys) -> None:
+    # run vLLM's engine and worker in this process, so the broken dequantization reaches the device path
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    monkeypatch.setattr(weights, "_dequantize", swap_nibbles_of("model.layers.1.mlp.down_proj"))
+    code = validate.main([str(checkpoints["q4g128"]), "--output", str(tmp_path), "--no-long-prompt",
+                          "--executor-backend", "uni", *FAST])
+    assert code == 1
+    result = json.loads((tmp_path / "accuracy.json").read_text())
+    # the torch reference shares the (broken) dequantization, so only MLX sees it
+    assert result["comparisons"]["torch_fp32"]["passed"]
+    assert not result["comparisons"]["mlx_fp32"]["passed"]
+    assert "mlx_fp32.min_cosine" in result["failed"]
+    assert "FAILED gates: mlx_fp32." in capsys.readouterr().err
+
+
+def test_bad_checkpoint_exits_2_with_the_message(bf16_source, capsys) -> None:
+    assert validate.main([str(bf16_source)]) == 2
+    assert "is not an MLX-quantized checkpoint" in capsys.readouterr().err
+
+
+def test_row_metrics_flags_hard_flips_not_near_ties() -> None:
+    from vllm_mlx_loader.accuracy import row_metrics
+
+    ref = torch.tensor([[5.0, 4.9, 0.0], [5.0, 3.0, 0.0]])
+    dev = torch.tensor([[4.9, 5.0, 0.0], [3.0, 5.0, 0.0]])
+    m = row_metrics(ref, dev, torch.tensor([0, 0]))
+    assert m.match.tolist() == [False, False]
+    assert m.hard_flip.tolist() == [False, True]  # gap 0.1 nat is a near tie, 2 nat is not

@@ -1,0 +1,117 @@
+"""Logit-level comparison of a device run against a reference: metrics per position, summaries, gates.
+
+Inputs are full-vocabulary logits, one row per teacher-forced position (row i predicts token i + 1 of
+the text), float32. Probabilities are computed in float64 so the metrics measure the logits, not us.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+NEAR_TIE_NAT = 0.3  # a top-1 flip where the reference's top-2 gap is smaller is "soft" (bf16 noise)
+
+
+@dataclass(frozen=True)
+class Gates:
+    min_cosine: float = 0.999
+    min_top1: float = 0.99
+    max_hard_flips: int = 0
+    max_mean_kl: float = 1e-3
+    max_dlogprob: float = 0.1
+
+
+@dataclass(frozen=True)
+class RowMetrics:
+    """Per-position metrics, each a 1-D tensor over positions."""
+
+    max_abs: torch.Tensor
+    mean_abs: torch.Tensor
+    rmse: torch.Tensor
+    cosine: torch.Tensor
+    match: torch.Tensor  # argmax equal
+    hard_flip: torch.Tensor  # argmax differs and the reference's top-2 gap >= NEAR_TIE_NAT
+    kl: torch.Tensor  # KL(reference || device), nat
+    dlogprob: torch.Tensor  # |logp_device - logp_reference| of the token the text continues with
+    ref_top1: torch.Tensor
+    dev_top1: torch.Tensor
+
+
+def row_metrics(reference: torch.Tensor, device: torch.Tensor, next_tokens: torch.Tensor) -> RowMetrics:
+    """Compare `[n, vocab]` logits row by row; `next_tokens[i]` is the token that follows row i."""
+    if reference.shape != device.shape or reference.shape[0] != next_tokens.shape[0]:
+        raise ValueError(f"shapes differ: reference {tuple(reference.shape)}, device {tuple(device.shape)}, "
+                         f"tokens {tuple(next_tokens.shape)}")
+    ref, dev = reference.double(), device.double()
+    diff = (dev - ref).abs()
+    ref_lp, dev_lp = ref.log_softmax(-1), dev.log_softmax(-1)
+    top2 = ref.topk(2, dim=-1)
+    ref_top1, dev_top1 = top2.indices[:, 0], dev.argmax(-1)
+    match = ref_top1 == dev_top1
+    gap = top2.values[:, 0] - top2.values[:, 1]
+    chosen = next_tokens.long().unsqueeze(-1)
+    return RowMetrics(
+        max_abs=diff.amax(-1),
+        mean_abs=diff.mean(-1),
+        rmse=diff.square().mean(-1).sqrt(),
+        cosine=torch.nn.functional.cosine_similarity(ref, dev, dim=-1),
+        match=match,
+        hard_flip=~match & (gap >= NEAR_TIE_NAT),
+        kl=(ref_lp.exp() * (ref_lp - dev_lp)).sum(-1).clamp_min(0.0),
+        dlogprob=(dev_lp.gather(-1, chosen) - ref_lp.gather(-1, chosen)).abs().squeeze(-1),
+        ref_top1=ref_top1,
+        dev_top1=dev_top1,
+    )
+
+
+def select(m: RowMetrics, rows: slice) -> RowMetrics:
+    return RowMetrics(**{k: getattr(m, k)[rows] for k in RowMetrics.__dataclass_fields__})
+
+
+def concat(parts: list[RowMetrics]) -> RowMetrics:
+    return RowMetrics(**{k: torch.cat([getattr(p, k) for p in parts]) for k in RowMetrics.__dataclass_fields__})
+
+
+def summarize(m: RowMetrics) -> dict[str, float | int]:
+    n = int(m.match.numel())
+    return {
+        "positions": n,
+        "max_abs_diff": float(m.max_abs.max()),
+        "mean_abs_diff": float(m.mean_abs.mean()),
+        "rmse": float(m.rmse.square().mean().sqrt()),
+        "min_cosine": float(m.cosine.min()),
+        "mean_cosine": float(m.cosine.mean()),
+        "top1_agreement": float(m.match.double().mean()),
+        "top1_mismatches": int((~m.match).sum()),
+        "hard_flips": int(m.hard_flip.sum()),
+        "mean_kl": float(m.kl.mean()),
+        "max_kl": float(m.kl.max()),
+        "max_dlogprob": float(m.dlogprob.max()),
+    }
+
+
+def check_gates(
+    teacher_forced: dict[str, float | int], generated: dict[str, float | int], gates: Gates
+) -> list[dict[str, object]]:
+    """One row per gate: metric, value, limit, passed.
+
+    The |delta logprob| gate is on the tokens the device chose (generated steps): on prompt tokens the
+    model finds unlikely, delta logprob is about the raw logit error, which `max_abs_diff` reports.
+    """
+    rows = [
+        ("min_cosine", teacher_forced["min_cosine"], ">=", gates.min_cosine),
+        ("top1_agreement", teacher_forced["top1_agreement"], ">=", gates.min_top1),
+        ("hard_flips", teacher_forced["hard_flips"], "<=", gates.max_hard_flips),
+        ("mean_kl", teacher_forced["mean_kl"], "<=", gates.max_mean_kl),
+        ("max_dlogprob_chosen", generated["max_dlogprob"], "<=", gates.max_dlogprob),
+    ]
+    return [
+        {"metric": name, "value": value, "op": op, "limit": limit,
+         "passed": bool(value >= limit if op == ">=" else value <= limit)}
+        for name, value, op, limit in rows
+    ]
+
+
+def gates_dict(gates: Gates) -> dict[str, float | int]:
+    return asdict(gates)

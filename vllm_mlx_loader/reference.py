@@ -1,0 +1,80 @@
+"""The float32 CPU reference: transformers' own model class on weights dequantized from the checkpoint.
+
+It shares the dequantization with the device path (float32 math, no rounding here), so it isolates
+what the device computes; a dequantization bug common to both is for the MLX column to catch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+from torch import nn
+
+from .errors import MLXCheckpointError
+from .format import MLXCheckpoint
+from .weights import iter_dense_weights
+
+
+def reference_bytes(ckpt: MLXCheckpoint) -> int:
+    """Host memory the float32 reference model needs (weights only)."""
+    return sum(math.prod(e.shape) for e in ckpt.entries) * 4
+
+
+def available_bytes() -> int:
+    try:
+        import psutil
+    except ImportError:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return int(psutil.virtual_memory().available)
+
+
+def check_memory(ckpt: MLXCheckpoint, headroom: float = 1.15) -> None:
+    need, have = reference_bytes(ckpt) * headroom, available_bytes()
+    if need > have:
+        raise MLXCheckpointError(
+            str(ckpt.directory),
+            f"the float32 CPU reference needs about {need / 2**30:.1f} GiB of host memory, "
+            f"{have / 2**30:.1f} GiB is available.",
+            "Run on a host with more memory, or pass --no-torch-reference to compare against MLX only.",
+        )
+
+
+def _no_init_weights():
+    try:
+        from transformers.initialization import no_init_weights  # transformers 5
+    except ImportError:
+        from transformers.modeling_utils import no_init_weights  # transformers 4.x
+    return no_init_weights()
+
+
+def load_reference(ckpt: MLXCheckpoint) -> nn.Module:
+    """Build the architecture's transformers model in float32 and fill it with dequantized weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    fields = {k: v for k, v in ckpt.config.items() if k not in ("quantization", "quantization_config")}
+    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    with _no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.float().eval()
+    params = dict(model.named_parameters())
+    written = set()
+    # one dense tensor at a time: peak memory is the model plus one weight
+    for name, tensor in iter_dense_weights(ckpt, "cpu", torch.float32):
+        with torch.no_grad():
+            params[name].copy_(tensor)
+        written.add(name)
+    if ckpt.config.get("tie_word_embeddings"):
+        model.tie_weights()
+        written.add("lm_head.weight")
+    missing = sorted(set(params) - written)
+    if missing:
+        raise MLXCheckpointError(str(ckpt.directory), f"the reference model has unwritten parameters: {missing}.")
+    return model
+
+
+@torch.inference_mode()
+def reference_logits(model: nn.Module, sequences: list[list[int]]) -> list[torch.Tensor]:
+    """Float32 logits `[len - 1, vocab]` for each token sequence (row i predicts token i + 1)."""
+    return [model(input_ids=torch.tensor([seq])).logits[0, :-1].float() for seq in sequences]

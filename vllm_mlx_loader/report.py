@@ -1,0 +1,189 @@
+"""The validation report: one JSON document (stable schema) and its Markdown rendering."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__, accuracy
+from .format import MLXCheckpoint
+
+SCHEMA_VERSION = 1
+SUMMARY_KEYS = ("positions", "max_abs_diff", "mean_abs_diff", "rmse", "min_cosine", "mean_cosine",
+                "top1_agreement", "hard_flips", "mean_kl", "max_kl", "max_dlogprob")
+
+
+def versions() -> dict[str, str | None]:
+    import transformers
+    import vllm
+
+    found: dict[str, str | None] = {
+        "vllm_mlx_loader": __version__, "vllm": vllm.__version__, "torch": torch.__version__,
+        "transformers": transformers.__version__, "python": platform.python_version(),
+    }
+    for name in ("mlx", "mlx_lm", "torch_npu", "vllm_ascend"):
+        try:
+            module = __import__(name if name != "mlx" else "mlx.core", fromlist=["__version__"])
+            found[name] = getattr(module, "__version__", "installed")
+        except ImportError:
+            found[name] = None
+    return found
+
+
+def device_info() -> dict[str, str]:
+    from vllm.platforms import current_platform
+
+    kind = str(current_platform.device_type)
+    if kind == "cpu":
+        name = _cpu_model_name()
+    else:
+        name = str(current_platform.get_device_name())
+    return {"platform": kind, "name": name, "machine": platform.machine(), "cpus": str(os.cpu_count())}
+
+
+def _cpu_model_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "Model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def build(
+    ckpt: MLXCheckpoint, args: argparse.Namespace, gates: accuracy.Gates, tokenizer: Any, texts: list[str],
+    runs: list, references: dict[str, list[torch.Tensor]], chat: bool,
+) -> dict[str, Any]:
+    comparisons, failed, steps = {}, [], []
+    per_reference = {}
+    for name, ref_logits in references.items():
+        per_prompt = [
+            accuracy.row_metrics(ref, run.logits, torch.tensor(run.sequence[1:]))
+            for run, ref in zip(runs, ref_logits, strict=True)
+        ]
+        per_reference[name] = per_prompt
+        # generated rows start at the prompt's last position (which predicts the first generated token)
+        gen = [accuracy.select(m, slice(len(r.prompt_ids) - 1, None)) for m, r in zip(per_prompt, runs, strict=True)]
+        last = [accuracy.select(m, slice(len(r.prompt_ids) - 1, len(r.prompt_ids))) for m, r in zip(per_prompt, runs,
+                                                                                                   strict=True)]
+        summary = accuracy.summarize(accuracy.concat(per_prompt))
+        generated = accuracy.summarize(accuracy.concat(gen))
+        gate_rows = accuracy.check_gates(summary, generated, gates)
+        failed += [f"{name}.{g['metric']}" for g in gate_rows if not g["passed"]]
+        comparisons[name] = {
+            "teacher_forced": summary,
+            "prompt_last_position": accuracy.summarize(accuracy.concat(last)),
+            "generated_steps": generated,
+            "gates": gate_rows,
+            "passed": all(g["passed"] for g in gate_rows),
+        }
+    prompts = []
+    for i, run in enumerate(runs):
+        start = len(run.prompt_ids) - 1
+        entry = {
+            "index": i, "text": texts[i], "prompt_tokens": len(run.prompt_ids),
+            "device_token_ids": run.generated_ids, "device_text": tokenizer.decode(run.generated_ids),
+            "reference_texts": {},
+        }
+        for name, per_prompt in per_reference.items():
+            top1 = per_prompt[i].ref_top1[start:].tolist()
+            entry["reference_texts"][name] = tokenizer.decode(top1)
+        prompts.append(entry)
+        for step, token in enumerate(run.generated_ids):
+            row = {"prompt": i, "step": step, "device_token_id": token, "device_token": tokenizer.decode([token])}
+            for name, per_prompt in per_reference.items():
+                m = per_prompt[i]
+                row[name] = {
+                    "token_id": int(m.ref_top1[start + step]), "max_abs_diff": float(m.max_abs[start + step]),
+                    "match": bool(m.match[start + step]),
+                }
+            steps.append(row)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tool": "vllm_mlx_loader.validate",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model": str(ckpt.directory),
+        "architecture": ckpt.architecture,
+        "quantization": sorted({f"{m.params.mode} {m.params.bits}-bit g{m.params.group_size}" for m in ckpt.quantized}),
+        "device": device_info(),
+        "versions": versions(),
+        "settings": {
+            "dtype": "bfloat16", "max_tokens": args.max_tokens, "chat_template": chat,
+            "enable_thinking": args.enable_thinking, "tensor_parallel_size": args.tensor_parallel_size,
+            "enforce_eager": args.enforce_eager, "greedy": True, "near_tie_nat": accuracy.NEAR_TIE_NAT,
+        },
+        "gates": accuracy.gates_dict(gates),
+        "comparisons": comparisons,
+        "prompts": prompts,
+        "steps": steps,
+        "failed": failed,
+        "passed": not failed,
+    }
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "**no**"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v).replace("|", "\\|").replace("\n", "\\n") for v in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def markdown(result: dict[str, Any]) -> str:
+    names = list(result["comparisons"])
+    v = result["versions"]
+    out = [
+        f"# Accuracy: {result['model']}", "",
+        f"Device: {result['device']['platform']} ({result['device']['name']}), BF16, greedy. "
+        f"References: {', '.join(names)}. Quantization: {', '.join(result['quantization'])}.",
+        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val), "",
+        f"**Result: {'PASS' if result['passed'] else 'FAIL (' + ', '.join(result['failed']) + ')'}**", "",
+        "## Gates (teacher-forced at every position; |delta logprob| on the tokens the device chose)", "",
+    ]
+    out += _table(["reference", "metric", "value", "limit", "passed"], [
+        [name, g["metric"], g["value"], f"{g['op']} {g['limit']}", g["passed"]]
+        for name in names for g in result["comparisons"][name]["gates"]
+    ])
+    for section, title in (("prompt_last_position", "Prompt logits (last position)"),
+                           ("generated_steps", "Generated steps"),
+                           ("teacher_forced", "Teacher-forced, every position")):
+        out += [f"## {title}", ""]
+        out += _table(["reference", *SUMMARY_KEYS], [
+            [name, *(result["comparisons"][name][section][k] for k in SUMMARY_KEYS)] for name in names
+        ])
+    out += ["## Per step", ""]
+    header = ["prompt", "step", "device id", "device token"]
+    for name in names:
+        header += [f"{name} id", f"{name} max diff", f"{name} match"]
+    out += _table(header, [
+        [s["prompt"], s["step"], s["device_token_id"], repr(s["device_token"]),
+         *(x for name in names for x in (s[name]["token_id"], s[name]["max_abs_diff"], s[name]["match"]))]
+        for s in result["steps"]
+    ])
+    out += ["## Texts (device greedy; references: their top-1 at each step of the device's text)", ""]
+    out += _table(["prompt", "device", *names], [
+        [p["text"][:60] + ("..." if len(p["text"]) > 60 else ""), p["device_text"],
+         *(p["reference_texts"][n] for n in names)]
+        for p in result["prompts"]
+    ])
+    return "\n".join(out)
+
+
+def write(result: dict[str, Any], directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "accuracy.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    (directory / "accuracy.md").write_text(markdown(result) + "\n")
