@@ -41,10 +41,7 @@ def device_info() -> dict[str, str]:
     from vllm.platforms import current_platform
 
     kind = str(current_platform.device_type)
-    if kind == "cpu":
-        name = _cpu_model_name()
-    else:
-        name = str(current_platform.get_device_name())
+    name = _cpu_model_name() if kind == "cpu" else str(current_platform.get_device_name())
     return {"platform": kind, "name": name, "machine": platform.machine(), "cpus": str(os.cpu_count())}
 
 
