@@ -19,27 +19,29 @@ ROUNDINGS: tuple[Rounding, ...] = ("fused", "mlx_cpu")
 
 # bytes in one pack of codes for the bit widths that do not divide 32 (3 bytes = 8 x 3-bit or 4 x 6-bit).
 _PACK_BYTES = {3: 3, 5: 5, 6: 3}
+_CPU_BLOCK_BYTES = 1 << 22  # 4 MiB of float32 measured fastest on 2 EPYC cores (256 KiB..16 MiB tried)
 
 
-def unpack_codes(packed: torch.Tensor, bits: int) -> torch.Tensor:
-    """Unpack `[..., words]` uint32/int32 codes into `[..., words * 32 // bits]` int32 codes."""
+def unpack_codes(packed: torch.Tensor, bits: int, dtype: torch.dtype = torch.int32) -> torch.Tensor:
+    """Unpack `[..., words]` uint32/int32 codes into `[..., words * 32 // bits]` codes of `dtype`."""
     mask = (1 << bits) - 1
     if 32 % bits == 0:
         words = packed.view(torch.int32)
-        # Arithmetic shift sign-extends, and the mask removes it again.
-        codes = [(words >> (bits * k)) & mask for k in range(32 // bits)]
-        return torch.stack(codes, dim=-1).flatten(-2)
+        out = torch.empty(*words.shape, 32 // bits, dtype=dtype, device=words.device)
+        for k in range(32 // bits):
+            # Arithmetic shift sign-extends, and the mask removes it again.
+            out[..., k] = (words >> (bits * k)) & mask
+        return out.flatten(-2)
     pack = _PACK_BYTES[bits]
     data = packed.view(torch.uint8)
     data = data.reshape(*data.shape[:-1], -1, pack).to(torch.int32)
     # Append a zero byte so the last code of a pack can read "the next byte" too.
     data = torch.cat([data, torch.zeros_like(data[..., :1])], dim=-1)
-    codes = []
+    out = torch.empty(*data.shape[:-1], pack * 8 // bits, dtype=dtype, device=data.device)
     for k in range(pack * 8 // bits):
         first, shift = divmod(k * bits, 8)
-        pair = data[..., first] + data[..., first + 1] * 256
-        codes.append((pair >> shift) & mask)
-    return torch.stack(codes, dim=-1).flatten(-2)
+        out[..., k] = ((data[..., first] + data[..., first + 1] * 256) >> shift) & mask
+    return out.flatten(-2)
 
 
 def dequantize_affine(
@@ -58,15 +60,29 @@ def dequantize_affine(
     `rounding="mlx_cpu"` computes in the scales' dtype with two roundings, `(q * s) + b`, which is what
     `mx.dequantize` on the CPU (and so `mlx_lm.convert -d`) returns, bit for bit.
     """
-    codes = unpack_codes(weight, bits)
-    shape = codes.shape
-    codes = codes.reshape(*shape[:-1], shape[-1] // group_size, group_size)
-    if rounding == "fused":
-        out = codes.to(torch.float32) * scales.to(torch.float32).unsqueeze(-1)
-        out += biases.to(torch.float32).unsqueeze(-1)
-    elif rounding == "mlx_cpu":
-        out = codes.to(scales.dtype) * scales.unsqueeze(-1)
-        out = out + biases.unsqueeze(-1)
-    else:
+    if rounding not in ROUNDINGS:
         raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
-    return out.reshape(shape).to(dtype)
+    w = weight.reshape(-1, weight.shape[-1])
+    s, b = scales.reshape(-1, scales.shape[-1]), biases.reshape(-1, biases.shape[-1])
+    in_features = s.shape[-1] * group_size
+    out = torch.empty(w.shape[0], in_features, dtype=dtype, device=weight.device)
+    # On the CPU, blocks of rows keep the float32 temporaries in cache; accelerators take the whole tensor.
+    step = max(1, _CPU_BLOCK_BYTES // (in_features * 4)) if weight.device.type == "cpu" else w.shape[0]
+    for r in range(0, w.shape[0], step):
+        rows = slice(r, r + step)
+        out[rows] = _dequantize_rows(w[rows], s[rows], b[rows], bits, group_size, rounding)
+    return out.reshape(*weight.shape[:-1], in_features)
+
+
+def _dequantize_rows(
+    w: torch.Tensor, s: torch.Tensor, b: torch.Tensor, bits: int, group_size: int, rounding: Rounding
+) -> torch.Tensor:
+    compute = torch.float32 if rounding == "fused" else s.dtype
+    codes = unpack_codes(w, bits, compute)
+    grouped = codes.view(codes.shape[0], -1, group_size)
+    if rounding == "fused":
+        grouped.mul_(s.to(compute).unsqueeze(-1)).add_(b.to(compute).unsqueeze(-1))
+    else:  # one rounding after the product, one after the sum, as mx.dequantize on the CPU
+        grouped.mul_(s.unsqueeze(-1))
+        grouped.add_(b.unsqueeze(-1))
+    return codes

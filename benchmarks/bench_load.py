@@ -1,0 +1,158 @@
+"""Load and serve speed: `--load-format mlx-4bit` on an MLX checkpoint vs vLLM's default loader on the BF16
+checkpoint of the same weights, and vs the two-step `mlx_lm.convert -d` + BF16 load, in one run.
+
+    python benchmarks/bench_load.py MLX_DIR [--trials 3] [--serve] [--json OUT] [--md OUT]
+
+The BF16 checkpoint is written once by `python -m vllm_mlx_loader.convert` (same weights, same bytes as
+`mlx_lm.convert -d` up to one rounding). Each load runs in a fresh process (`LLM(...)` to ready, enforce
+eager, 1 GiB KV cache for both), warm page cache, with the process tree's peak RSS sampled every 50 ms.
+`--serve` adds the seed's latency table: input 32/64/128 x output 32/64 tokens, one request at a time,
+greedy, mean latency and tokens/s for both checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+CHILD = r'''
+import json, sys, time
+if __name__ == "__main__":
+    start = time.perf_counter()
+    from vllm import LLM, SamplingParams
+    model, load_format, serve = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+    llm = LLM(model=model, load_format=load_format, enforce_eager=True, skip_tokenizer_init=True,
+              max_model_len=512, max_num_seqs=4, gpu_memory_utilization=0.3, seed=0)
+    ready = time.perf_counter() - start
+    table = []
+    if serve:
+        import random
+        rng = random.Random(0)
+        for n_in in (32, 64, 128):
+            for n_out in (32, 64):
+                params = SamplingParams(temperature=0, max_tokens=n_out, ignore_eos=True, detokenize=False)
+                prompt = {"prompt_token_ids": [rng.randrange(1000, 20000) for _ in range(n_in)]}
+                llm.generate([prompt], params, use_tqdm=False)  # warm-up
+                times = []
+                for _ in range(3):
+                    t = time.perf_counter()
+                    llm.generate([prompt], params, use_tqdm=False)
+                    times.append(time.perf_counter() - t)
+                table.append({"input": n_in, "output": n_out, "latency_s": times})
+    print("RESULT " + json.dumps({"ready_s": ready, "serve": table}), flush=True)
+'''
+
+
+def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
+    """Run `cmd`; return (wall seconds, peak RSS of its process tree in GiB, output)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        root = psutil.Process(proc.pid)
+        while not done.is_set():
+            try:
+                procs = [root, *root.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in procs))
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output, _ = proc.communicate()
+    done.set()
+    sampler.join()
+    if proc.returncode:
+        raise RuntimeError(f"{cmd} failed:\n{output[-3000:]}")
+    return time.perf_counter() - start, peak / 2**30, output
+
+
+def load_once(model: Path, load_format: str, serve: bool) -> dict:
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    wall, rss, out = run_measured([sys.executable, "-c", CHILD, str(model), load_format, "1" if serve else "0"], env)
+    result = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
+    result.update(wall_s=wall, peak_rss_gib=rss)
+    if m := re.search(r"reading ([\d.]+) s, dequantizing ([\d.]+) s, total ([\d.]+) s", out):
+        result.update(read_s=float(m[1]), dequant_s=float(m[2]), weights_s=float(m[3]))
+    elif m := re.search(r"Loading weights took ([\d.]+) seconds", out):
+        result.update(weights_s=float(m[1]))
+    return result
+
+
+def warm(path: Path) -> None:
+    for file in path.glob("*.safetensors"):
+        with open(file, "rb") as f:
+            while f.read(1 << 24):
+                pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", type=Path, help="MLX checkpoint")
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--serve", action="store_true")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(dir=args.model.parent) as tmp:
+        bf16 = Path(tmp) / "bf16"
+        subprocess.run([sys.executable, "-m", "vllm_mlx_loader.convert", str(args.model), str(bf16)],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        two_step_dir = Path(tmp) / "mlx-d"
+        warm(args.model)
+        convert_s, convert_rss, _ = run_measured([
+            sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(args.model), "--mlx-path", str(two_step_dir),
+            "-d",
+        ])
+        print(f"mlx_lm.convert -d: {convert_s:.1f} s, peak RSS {convert_rss:.2f} GiB", flush=True)
+        runs: dict[str, list[dict]] = {"mlx-4bit": [], "bf16": []}
+        for trial in range(args.trials):
+            for name, path, fmt in (("mlx-4bit", args.model, "mlx-4bit"), ("bf16", bf16, "auto")):
+                warm(path)
+                r = load_once(path, fmt, serve=args.serve and trial == 0)
+                runs[name].append(r)
+                print(f"  {name} trial {trial}: ready {r['ready_s']:.1f} s, weights {r.get('weights_s', 0):.2f} s, "
+                      f"peak RSS {r['peak_rss_gib']:.2f} GiB", flush=True)
+    med = {k: statistics.median(r["ready_s"] for r in v) for k, v in runs.items()}
+    rss = {k: max(r["peak_rss_gib"] for r in v) for k, v in runs.items()}
+    two_step = convert_s + med["bf16"]
+    summary = {
+        "mlx_ready_s": med["mlx-4bit"], "bf16_ready_s": med["bf16"], "two_step_s": two_step,
+        "ratio_vs_bf16": med["mlx-4bit"] / med["bf16"], "ratio_vs_two_step": med["mlx-4bit"] / two_step,
+        "peak_rss_gib": rss, "mlx_lm_convert_d_s": convert_s, "mlx_lm_convert_d_peak_rss_gib": convert_rss,
+    }
+    print(f"ready: mlx-4bit {med['mlx-4bit']:.1f} s, bf16 {med['bf16']:.1f} s (ratio {summary['ratio_vs_bf16']:.2f}, "
+          f"target <= 1.0); two-step {two_step:.1f} s (ratio {summary['ratio_vs_two_step']:.2f}, target <= 0.33); "
+          f"peak RSS mlx-4bit {rss['mlx-4bit']:.2f} GiB vs bf16 {rss['bf16']:.2f} GiB")
+    if args.serve:
+        print("serving (mean latency s / tokens per s), mlx-4bit vs bf16:")
+        for a, b in zip(runs["mlx-4bit"][0]["serve"], runs["bf16"][0]["serve"], strict=True):
+            la, lb = statistics.mean(a["latency_s"]), statistics.mean(b["latency_s"])
+            print(f"  in {a['input']:>3} out {a['output']:>2}: {la:.3f} s {a['output'] / la:.1f} tok/s | "
+                  f"{lb:.3f} s {b['output'] / lb:.1f} tok/s | ratio {la / lb:.3f}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "model": str(args.model), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "summary": summary, "runs": runs,
+        }, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,65 @@
+"""The benchmark tools, as short smokes (figures are never asserted): they run and print their ratios."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from conftest import REPO
+from safetensors import safe_open
+
+from vllm_mlx_loader.format import read_checkpoint
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import bench_dequant  # noqa: E402
+import bench_load  # noqa: E402
+import synthetic_checkpoint  # noqa: E402
+
+
+def layout(path):
+    found = {}
+    for shard in path.glob("*.safetensors"):
+        with safe_open(shard, framework="pt") as f:
+            found.update({k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()})
+    return found
+
+
+def test_synthetic_checkpoint_has_the_layout_mlx_lm_writes(checkpoints, tmp_path) -> None:
+    synthetic = synthetic_checkpoint.write(tmp_path / "syn", "tiny", bits=4, group_size=128)
+    assert layout(synthetic) == layout(checkpoints["q4g128"])
+    config = json.loads((synthetic / "config.json").read_text())
+    assert config["quantization"] == config["quantization_config"] == {"group_size": 128, "bits": 4, "mode": "affine"}
+    modules = read_checkpoint(synthetic).quantized
+    assert any(m.params.bits == 4 for m in modules) and len(modules) == 30
+
+
+def test_8b_shape_matches_the_published_checkpoint_size() -> None:
+    # Qwen/Qwen3-8B-MLX-4bit: 4,351,884,216 bytes, of which 4,351,780,864 tensor data (../shared/mlx-format.md)
+    config = synthetic_checkpoint.config_for("qwen3-8b", 4, 128)
+    total = 0
+    for _, (out_f, *rest), quantized in synthetic_checkpoint.dense_shapes(config):
+        if quantized:
+            in_f = rest[0]
+            total += out_f * in_f // 2 + 2 * out_f * (in_f // 128) * 2
+        else:
+            total += out_f * 2
+    assert total == 4_351_780_864
+
+
+def test_dequant_benchmark_smoke(tmp_path, capsys) -> None:
+    synthetic = synthetic_checkpoint.write(tmp_path / "syn", "tiny")
+    assert bench_dequant.main([str(synthetic), "--trials", "1", "--json", str(tmp_path / "r.json")]) == 0
+    assert "ratio" in capsys.readouterr().out
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["bf16_bytes"] > 0 and result["best_copy_gb_per_s"] > 0 and result["ratio"] > 0
+
+
+@pytest.mark.engine
+def test_load_benchmark_smoke(checkpoints, tmp_path, capsys) -> None:
+    assert bench_load.main([str(checkpoints["q4g64"]), "--trials", "1", "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "ratio" in out and "two-step" in out
+    summary = json.loads((tmp_path / "r.json").read_text())["summary"]
+    assert summary["mlx_ready_s"] > 0 and summary["bf16_ready_s"] > 0

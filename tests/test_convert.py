@@ -1,0 +1,143 @@
+"""`python -m vllm_mlx_loader.convert`: MLX -> Hugging Face BF16 without MLX, checked against mlx_lm.convert -d."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from vllm_mlx_loader import convert as convert_mod
+from vllm_mlx_loader.convert import convert, main
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.iterdir()) if p.is_file()}
+
+
+def read_all(path: Path) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for shard in sorted(path.glob("*.safetensors")):
+        with safe_open(shard, framework="pt") as f:
+            tensors.update({k: f.get_tensor(k) for k in f.keys()})
+    return tensors
+
+
+@pytest.fixture(scope="module")
+def mlx_dequantized(checkpoints, tmp_path_factory) -> dict[str, Path]:
+    """`mlx_lm.convert -d` of two variants: the competitor's output, and our bit-exactness oracle."""
+    out = {}
+    for variant in ("q4g64", "mixed_3_6"):
+        dst = tmp_path_factory.mktemp("mlx-d") / variant
+        subprocess.run([sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(checkpoints[variant]),
+                        "--mlx-path", str(dst), "-d"], check=True, stdout=subprocess.DEVNULL)
+        out[variant] = dst
+    return out
+
+
+@pytest.mark.parametrize("variant", ["q4g64", "mixed_3_6"])
+def test_bit_identical_to_mlx_lm_convert_dequantize(variant, checkpoints, mlx_dequantized, tmp_path) -> None:
+    src = checkpoints[variant]
+    before = tree_digest(src)
+    dst = convert(src, tmp_path / "hf", rounding="mlx_cpu", progress=False)
+    ours, theirs = read_all(dst), read_all(mlx_dequantized[variant])
+    assert set(ours) == set(theirs)
+    for name in ours:
+        assert ours[name].dtype == theirs[name].dtype == torch.bfloat16, name
+        assert torch.equal(ours[name], theirs[name]), name
+    config = json.loads((dst / "config.json").read_text())
+    assert "quantization" not in config and "quantization_config" not in config
+    assert (dst / "tokenizer.json").is_file() and (dst / "generation_config.json").is_file()
+    assert tree_digest(src) == before  # the source is only read
+
+
+def test_sharded_output_has_a_correct_index(checkpoints, tmp_path) -> None:
+    dst = convert(checkpoints["tied"], tmp_path / "hf", max_shard_bytes=400_000, progress=False)
+    shards = sorted(p.name for p in dst.glob("*.safetensors"))
+    assert len(shards) > 3 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    index = json.loads((dst / "model.safetensors.index.json").read_text())
+    tensors = 0
+    for shard in shards:
+        with safe_open(dst / shard, framework="pt") as f:
+            for name in f.keys():
+                assert index["weight_map"][name] == shard
+                tensors += f.get_tensor(name).nbytes
+    assert index["metadata"]["total_size"] == tensors
+    assert len(index["weight_map"]) == 4 * 11 + 2 and "lm_head.weight" not in index["weight_map"]  # tied
+
+
+def test_output_loads_in_transformers_and_greedy_text_is_right(checkpoints, tmp_path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dst = convert(checkpoints["tied"], tmp_path / "hf", progress=False)
+    model = AutoModelForCausalLM.from_pretrained(dst)
+    tok = AutoTokenizer.from_pretrained(dst)
+    ids = tok("The capital of Spain is", return_tensors="pt")["input_ids"]
+    out = model.generate(ids, max_new_tokens=3, do_sample=False)
+    assert tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True) == " Madrid."
+
+
+@pytest.mark.engine
+def test_output_loads_in_stock_vllm(checkpoints, tmp_path) -> None:
+    from conftest import engine_kwargs, shutdown
+    from vllm import LLM, SamplingParams
+
+    dst = convert(checkpoints["q4g128"], tmp_path / "hf", progress=False)
+    llm = LLM(model=str(dst), **engine_kwargs())  # the default loader: a plain BF16 checkpoint
+    try:
+        assert llm.llm_engine.vllm_config.load_config.load_format == "auto"
+        out = llm.generate(["The capital of Peru is"], SamplingParams(temperature=0, max_tokens=3), use_tqdm=False)
+    finally:
+        shutdown(llm)
+    assert out[0].outputs[0].text == " Lima."
+
+
+def test_refuses_to_overwrite_without_force(checkpoints, tmp_path, capsys) -> None:
+    dst = tmp_path / "hf"
+    dst.mkdir()
+    (dst / "keep.txt").write_text("mine")
+    assert main([str(checkpoints["q4g64"]), str(dst)]) == 2
+    assert "hf: already exists. Delete it, choose another path, or pass --force" in capsys.readouterr().err
+    assert (dst / "keep.txt").read_text() == "mine"
+    assert main([str(checkpoints["q4g64"]), str(dst), "--force"]) == 0
+    assert not (dst / "keep.txt").exists() and (dst / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+
+def test_refuses_a_destination_inside_the_source(checkpoints, capsys) -> None:
+    src = checkpoints["q4g64"]
+    assert main([str(src), str(src / "out")]) == 2
+    assert "overlaps the source" in capsys.readouterr().err
+    assert not (src / "out").exists()
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, OSError])
+def test_interrupted_conversion_leaves_nothing(checkpoints, tmp_path, monkeypatch, failure) -> None:
+    src = checkpoints["q4g64"]
+    before = tree_digest(src)
+    written = []
+    real_write = convert_mod._write_shard
+
+    def write_then_fail(tensors, path):
+        if written:
+            raise failure("interrupted")
+        real_write(tensors, path)
+        written.append(path)
+
+    monkeypatch.setattr(convert_mod, "_write_shard", write_then_fail)
+    with pytest.raises(failure):
+        convert(src, tmp_path / "out" / "hf", max_shard_bytes=400_000, progress=False)
+    assert written  # it had written a shard before the failure
+    assert list((tmp_path / "out").iterdir()) == []
+    assert tree_digest(src) == before
+
+
+def test_bad_source_exits_2_and_writes_nothing(bf16_source, tmp_path, capsys) -> None:
+    assert main([str(bf16_source), str(tmp_path / "hf")]) == 2
+    assert "is not an MLX-quantized checkpoint" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
