@@ -13,9 +13,9 @@ from vllm_mlx_loader.format import read_checkpoint
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-import bench_dequant  # noqa: E402
-import bench_load  # noqa: E402
-import synthetic_checkpoint  # noqa: E402
+import bench_dequant
+import bench_load
+import synthetic_checkpoint
 
 
 def layout(path):
