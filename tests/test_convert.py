@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from vllm_mlx_loader import convert as convert_mod
 from vllm_mlx_loader.convert import convert, main
+from vllm_mlx_loader.errors import MLXCheckpointError
 
 
 def tree_digest(path: Path) -> dict[str, str]:
@@ -141,3 +144,16 @@ def test_bad_source_exits_2_and_writes_nothing(bf16_source, tmp_path, capsys) ->
     assert main([str(bf16_source), str(tmp_path / "hf")]) == 2
     assert "is not an MLX-quantized checkpoint" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_tensor_found_mid_conversion_leaves_nothing(checkpoints, tmp_path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(checkpoints["q4g64"], src)
+    with safe_open(src / "model.safetensors", framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors["model.norm.weight"] = tensors["model.norm.weight"].clone()
+    tensors["model.norm.weight"][3] = float("nan")  # the last tensors MLX writes, after several shards
+    save_file(tensors, src / "model.safetensors", metadata={"format": "mlx"})
+    with pytest.raises(MLXCheckpointError, match=r"tensor 'model.norm.weight': holds 1 non-finite values"):
+        convert(src, tmp_path / "out" / "hf", max_shard_bytes=400_000, progress=False)
+    assert list((tmp_path / "out").iterdir()) == []

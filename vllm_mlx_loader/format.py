@@ -104,8 +104,9 @@ def read_config(directory: Path) -> dict[str, Any]:
     path = directory / "config.json"
     if not directory.is_dir():
         raise MLXCheckpointError(str(directory), "is not a directory.", "Pass the MLX checkpoint's directory.")
-    if not path.is_file():
+    if not path.exists():
         raise MLXCheckpointError(str(directory), "has no config.json.", "Pass the MLX checkpoint's directory.")
+    check_inside(path, directory)
     try:
         config = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -158,7 +159,7 @@ def module_params(quant: dict[str, Any], path: str, where: str) -> QuantParams |
             where, f"config.json quantization[{path!r}] must be an object or false, found {entry!r}."
         )
     mode = spec.get("mode") or "affine"  # a missing mode means affine, even under a global fp mode
-    if mode not in MODE_DEFAULTS:
+    if not isinstance(mode, str) or mode not in MODE_DEFAULTS:
         raise MLXCheckpointError(
             where, f"{source} has unknown mode {mode!r} (MLX modes: {', '.join(MODE_DEFAULTS)})."
         )
@@ -172,18 +173,37 @@ def module_params(quant: dict[str, Any], path: str, where: str) -> QuantParams |
     default_gs, default_bits = MODE_DEFAULTS[mode]
     bits = default_bits if spec.get("bits") is None else spec["bits"]
     group_size = default_gs if spec.get("group_size") is None else spec["group_size"]
-    if bits not in AFFINE_BITS or isinstance(bits, bool):
+    if type(bits) is not int or bits not in AFFINE_BITS:
         raise MLXCheckpointError(where, f"{source} has bits={bits!r}; MLX affine bits are {AFFINE_BITS}.")
-    if group_size not in GROUP_SIZES or isinstance(group_size, bool):
+    if type(group_size) is not int or group_size not in GROUP_SIZES:
         raise MLXCheckpointError(where, f"{source} has group_size={group_size!r}; MLX group sizes are {GROUP_SIZES}.")
     return QuantParams(mode, bits, group_size)
 
 
+def check_inside(path: Path, directory: Path) -> None:
+    """Refuse a file that resolves outside the checkpoint: a symlink may point into the directory, or, in the
+    Hugging Face cache layout (`<repo>/snapshots/<rev>/file -> ../../blobs/<sha>`), into the repo's blobs."""
+    target, root = path.resolve(), directory.resolve()
+    allowed = [root]
+    if root.parent.name == "snapshots":
+        allowed.append(root.parent.parent / "blobs")
+    if not any(target.is_relative_to(a) for a in allowed):
+        raise MLXCheckpointError(
+            str(path), f"is a link to {target}, outside the checkpoint directory.",
+            "Copy the file into the directory: the loader reads nothing outside it.",
+        )
+    if not target.is_file():
+        raise MLXCheckpointError(str(path), "is not a regular file (a broken link or a directory).")
+
+
 def list_shards(directory: Path) -> tuple[Path, ...]:
-    # The index may be stale or copied from another repository: the files on disk are the truth.
+    # The index is never read (it may be stale or copied from another repository): the files on disk are
+    # the truth, so an index cannot point the loader at other files.
     shards = tuple(sorted(directory.glob("*.safetensors")))
     if not shards:
         raise MLXCheckpointError(str(directory), "has a config.json but no *.safetensors weight files.")
+    for shard in shards:
+        check_inside(shard, directory)
     return shards
 
 
@@ -195,6 +215,9 @@ def read_headers(shards: tuple[Path, ...]) -> dict[str, TensorRef]:
                 for name in f.keys():
                     view = f.get_slice(name)
                     ref = TensorRef(name, shard, view.get_dtype(), tuple(view.get_shape()))
+                    if 0 in ref.shape:
+                        raise MLXCheckpointError(ref.where(), f"has zero elements (shape {list(ref.shape)}).",
+                                                 "The checkpoint is damaged: re-download or re-convert it.")
                     if name in tensors:
                         raise MLXCheckpointError(
                             str(shard), f"tensor {name!r} is also in {tensors[name].file.name}.",
@@ -218,10 +241,7 @@ def read_checkpoint(directory: str | Path) -> MLXCheckpoint:
     config_where = str(directory / "config.json")
     quant = quantization_config(config, config_where)
     arch = architecture(config, config_where)
-    try:
-        expected = expected_weights(config)
-    except (KeyError, TypeError) as e:
-        raise MLXCheckpointError(config_where, f"lacks a usable {e} entry for {arch}.") from None
+    expected = expected_weights(config, config_where)
     shards = list_shards(directory)
     tensors = read_headers(shards)
 
@@ -252,9 +272,19 @@ def read_checkpoint(directory: str | Path) -> MLXCheckpoint:
         shown = ", ".join(missing[:6]) + (f", ... ({len(missing)} in all)" if len(missing) > 6 else "")
         raise MLXCheckpointError(
             str(directory), f"the shards lack weights that {arch} needs: {shown}.",
-            "The checkpoint is incomplete (a shard missing?): re-download or re-convert it.",
+            _missing_shard_hint(directory) + "The checkpoint is incomplete: re-download or re-convert it.",
         )
     return MLXCheckpoint(directory, config, arch, shards, tuple(entries))
+
+
+def _missing_shard_hint(directory: Path) -> str:
+    """Name the shards the index expects but the directory lacks (the index is only read for this hint)."""
+    try:
+        weight_map = json.loads((directory / "model.safetensors.index.json").read_text())["weight_map"]
+        absent = sorted({f for f in weight_map.values() if not (directory / Path(f).name).is_file()})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return ""
+    return f"model.safetensors.index.json names {', '.join(absent)}, not in the directory. " if absent else ""
 
 
 def _plain(ref: TensorRef, expected: dict[str, tuple[int, ...]]) -> TensorRef:

@@ -1,0 +1,267 @@
+"""Malformed and hostile checkpoints: each row of the README's table is one case here, asserted by its message.
+
+Every case starts from a real `mlx_lm.convert` output (4-bit g64) copied to a temporary directory, breaks
+one thing byte by byte or tensor by tensor, and loads it the way the loader does (read the description,
+then stream every dense tensor). It must raise MLXCheckpointError with a message naming the file, the
+tensor, expected vs found, or load correctly where the README says the input is ignored by design.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from vllm_mlx_loader.errors import MLXCheckpointError
+from vllm_mlx_loader.format import read_checkpoint
+from vllm_mlx_loader.weights import iter_dense_weights
+
+SHARD = "model.safetensors"
+Q = "model.layers.1.mlp.up_proj"  # the module most cases break
+
+
+def load_all(path: Path) -> int:
+    """What the loader does: describe, then stream every dense tensor. Returns the tensor count."""
+    return sum(1 for _ in iter_dense_weights(read_checkpoint(path), "cpu"))
+
+
+# --- ways to break a checkpoint -------------------------------------------------------------------
+
+
+def edit_config(edit: Callable[[dict], None]) -> Callable[[Path], None]:
+    def apply(path: Path) -> None:
+        config = json.loads((path / "config.json").read_text())
+        edit(config)
+        (path / "config.json").write_text(json.dumps(config))
+
+    return apply
+
+
+def edit_tensors(edit: Callable[[dict], None], shard: str = SHARD) -> Callable[[Path], None]:
+    def apply(path: Path) -> None:
+        with safe_open(path / shard, framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        edit(tensors)
+        save_file(tensors, path / shard, metadata={"format": "mlx"})
+
+    return apply
+
+
+def edit_bytes(edit: Callable[[bytes], bytes]) -> Callable[[Path], None]:
+    def apply(path: Path) -> None:
+        (path / SHARD).write_bytes(edit((path / SHARD).read_bytes()))
+
+    return apply
+
+
+def edit_header(edit: Callable[[dict], None]) -> Callable[[bytes], bytes]:
+    def apply(data: bytes) -> bytes:
+        (n,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8 : 8 + n])
+        edit(header)
+        raw = json.dumps(header).encode()
+        raw += b" " * (-len(raw) % 8)
+        return struct.pack("<Q", len(raw)) + raw + data[8 + n :]
+
+    return apply
+
+
+def overwrite_header(data: bytes, text: bytes) -> bytes:
+    """Replace the header's bytes with `text`, padded to the same length."""
+    (n,) = struct.unpack("<Q", data[:8])
+    return data[:8] + text.ljust(n) + data[8 + n :]
+
+
+def set_offsets(name: str, offsets: Callable[[dict], list[int]]) -> Callable[[dict], None]:
+    def apply(header: dict) -> None:
+        header[name]["data_offsets"] = offsets(header)
+
+    return apply
+
+
+def pop(*names: str) -> Callable[[dict], None]:
+    return lambda t: [t.pop(n) for n in names]
+
+
+def poison(name: str, value: float) -> Callable[[dict], None]:
+    def apply(t: dict) -> None:
+        t[name] = t[name].clone()
+        t[name][0, 0] = value
+
+    return apply
+
+
+def split_duplicate(path: Path) -> None:
+    with safe_open(path / SHARD, framework="pt") as f:
+        tensor = f.get_tensor(f"{Q}.scales")
+    save_file({f"{Q}.scales": tensor * 2}, path / "model-extra.safetensors", metadata={"format": "mlx"})
+
+
+def stale_index(weight_map: dict) -> Callable[[Path], None]:
+    def apply(path: Path) -> None:
+        index = json.loads((path / "model.safetensors.index.json").read_text())
+        index["weight_map"].update(weight_map)
+        (path / "model.safetensors.index.json").write_text(json.dumps(index))
+
+    return apply
+
+
+def link_outside(path: Path) -> None:
+    outside = path.parent / "elsewhere.safetensors"
+    shutil.move(path / SHARD, outside)
+    os.symlink(outside, path / SHARD)
+
+
+def hf_cache_layout(path: Path) -> None:
+    """Hugging Face's cache: snapshots/<rev>/model.safetensors -> ../../blobs/<sha>. Must load."""
+    blobs = path / "blobs"
+    blobs.mkdir()
+    snapshot = path / "snapshots" / "rev"
+    snapshot.mkdir(parents=True)
+    for item in list(path.iterdir()):
+        if item.is_file():
+            shutil.move(item, blobs / item.name)
+            os.symlink(Path("..") / ".." / "blobs" / item.name, snapshot / item.name)
+
+
+def empty(path: Path) -> None:
+    for item in path.iterdir():
+        item.unlink()
+
+
+def only_config(path: Path) -> None:
+    for item in path.glob("*.safetensors"):
+        item.unlink()
+
+
+def to_bf16_checkpoint(path: Path) -> None:
+    src = REPO / ".cache" / "fixtures" / "_hf" / "untied"
+    shutil.rmtree(path)
+    shutil.copytree(src, path)
+
+
+# --- the table ------------------------------------------------------------------------------------
+# (id, what is broken, how, expected message or None where the README says "loads: ignored by design")
+ROWS: list[tuple[str, str, Callable[[Path], None], str | None]] = [
+    ("truncated-shard", "shard cut short", edit_bytes(lambda d: d[:-1000]),
+     rf"{SHARD}: is not a readable safetensors file .*Re-download"),
+    ("header-past-eof", "header length past the end of the file",
+     edit_bytes(lambda d: struct.pack("<Q", len(d) + 100) + d[8:]), rf"{SHARD}: is not a readable safetensors file"),
+    ("invalid-header-json", "header is not JSON",
+     edit_bytes(lambda d: overwrite_header(d, b"{not json")),
+     rf"{SHARD}: is not a readable safetensors file"),
+    ("offsets-outside-file", "a tensor's data offsets point past the end of the data",
+     edit_bytes(edit_header(set_offsets(f"{Q}.weight", lambda h: [0, 10**9]))), rf"{SHARD}: is not a readable safetensors"),
+    ("offsets-overlapping", "two tensors' data overlap",
+     edit_bytes(edit_header(set_offsets(f"{Q}.biases", lambda h: h[f"{Q}.scales"]["data_offsets"]))),
+     rf"{SHARD}: is not a readable safetensors"),
+    ("absurd-header-size", "header length 2**60", edit_bytes(lambda d: struct.pack("<Q", 2**60) + d[8:]),
+     rf"{SHARD}: is not a readable safetensors file"),
+    ("scales-u8", "affine scales stored as U8",
+     edit_tensors(lambda t: t.update({f"{Q}.scales": t[f"{Q}.scales"].to(torch.uint8)})),
+     rf"tensor '{Q}.scales': expected affine scales of dtype BF16/F16/F32, found U8\. U8 scales belong to the mxfp4"),
+    ("weight-not-u32", "packed weight stored as I32",
+     edit_tensors(lambda t: t.update({f"{Q}.weight": t[f"{Q}.weight"].view(torch.int32)})),
+     rf"tensor '{Q}.weight': expected packed codes of dtype U32, found I32"),
+    ("packed-columns-vs-bits", "config bits do not fit the packed columns",
+     edit_config(lambda c: c["quantization"].update({Q: {"bits": 3, "group_size": 64}})),
+     rf"tensor '{Q}.weight': expected 24 packed columns for 256 inputs at bits=3 \(group_size=64, 4 scale columns\), found 32"),
+    ("scale-columns-vs-group-size", "scales have half the group columns",
+     edit_tensors(lambda t: t.update({f"{Q}.{x}": t[f"{Q}.{x}"][:, :2].contiguous() for x in ("scales", "biases")})),
+     rf"tensor '{Q}.weight': expected 16 packed columns for 128 inputs at bits=4 \(group_size=64, 2 scale columns\), found 32"),
+    ("missing-biases", "a module without biases", edit_tensors(pop(f"{Q}.biases")),
+     rf"tensor '{Q}.scales': is affine-quantized but {Q}.biases is missing"),
+    ("missing-scales", "a module without scales", edit_tensors(pop(f"{Q}.scales")),
+     rf"tensor '{Q}.biases': is present but {Q}.scales is missing"),
+    ("u32-without-scales", "packed U32 weight with neither scales nor biases", edit_tensors(pop(f"{Q}.scales", f"{Q}.biases")),
+     rf"tensor '{Q}.weight': holds packed U32 codes but {Q}.scales is missing"),
+    ("config-bits-contradict-shapes", "config says 2-bit g128 for a 4-bit g64 checkpoint",
+     edit_config(lambda c: c["quantization"].update(bits=2, group_size=128)),
+     r"tensor 'lm_head.weight': expected dense shape \[1024, 256\] from config.json, found \[1024, 512\]\. .*"
+     r"The shapes fit bits=4, group_size=64"),
+    ("unknown-mode", "mode 'int4x'", edit_config(lambda c: c["quantization"].update(mode="int4x")),
+     r"config.json quantization has unknown mode 'int4x' \(MLX modes: affine, mxfp4, mxfp8, nvfp4\)"),
+    ("unsupported-mode", "mode 'mxfp8'", edit_config(lambda c: c["quantization"].update(mode="mxfp8")),
+     r"uses mode 'mxfp8', which vllm-mlx-loader does not support yet"),
+    ("bad-bits", "bits 7", edit_config(lambda c: c["quantization"].update(bits=7)),
+     r"config.json quantization has bits=7; MLX affine bits are \(1, 2, 3, 4, 5, 6, 8\)"),
+    ("bad-module-entry", "a per-module entry that is neither an object nor false",
+     edit_config(lambda c: c["quantization"].update({Q: 4})), rf"config.json quantization\['{Q}'\] must be an object or false, found 4"),
+    ("module-marked-false", "config marks a quantized module unquantized",
+     edit_config(lambda c: c["quantization"].update({Q: False})), rf"tensor '{Q}.scales': exists, but config.json quantization\['{Q}'\] is false"),
+    ("nan-in-scales", "NaN in scales", edit_tensors(poison(f"{Q}.scales", float("nan"))),
+     rf"tensor '{Q}.scales': holds 1 non-finite values \(NaN or Inf\) among 2048\. The checkpoint is damaged"),
+    ("inf-in-biases", "Inf in biases", edit_tensors(poison(f"{Q}.biases", float("inf"))),
+     rf"tensor '{Q}.biases': holds 1 non-finite values"),
+    ("zero-size-tensor", "a tensor with zero elements",
+     edit_tensors(lambda t: t.update({"model.norm.weight": torch.empty(0, dtype=torch.bfloat16)})),
+     r"tensor 'model.norm.weight': has zero elements \(shape \[0\]\)"),
+    ("duplicate-tensor", "the same tensor in two shards, different contents", split_duplicate,
+     rf"model.safetensors: tensor '{Q}.scales' is also in model-extra.safetensors"),
+    ("missing-shard", "a shard missing: the index names it, its tensors are absent",
+     lambda p: (edit_tensors(pop(*(f"{Q}.{x}" for x in ("weight", "scales", "biases"))))(p),
+                stale_index({f"{Q}.weight": "model-00002-of-00002.safetensors"})(p)),
+     rf"the shards lack weights that Qwen3ForCausalLM needs: {Q}.weight\. model.safetensors.index.json names "
+     r"model-00002-of-00002.safetensors, not in the directory"),
+    ("index-names-absent-shard", "stale index naming a shard that does not exist (all tensors present)",
+     stale_index({"lm_head.weight": "model-00007-of-00009.safetensors"}), None),
+    ("index-path-traversal", "index names '../../etc/passwd' and an absolute path",
+     stale_index({"lm_head.weight": "../../etc/passwd", "model.norm.weight": "/etc/shadow"}), None),
+    ("symlink-outside", "shard is a symlink to a file outside the directory", link_outside,
+     rf"{SHARD}: is a link to .*elsewhere.safetensors, outside the checkpoint directory"),
+    ("hf-cache-symlinks", "Hugging Face cache layout (snapshot links into blobs/)", hf_cache_layout, None),
+    ("unmapped-architecture", "architecture without a mapping",
+     edit_config(lambda c: c.update(architectures=["Qwen3MoeForCausalLM"])),
+     r"config.json: architecture 'Qwen3MoeForCausalLM' has no MLX-to-vLLM mapping"),
+    ("stray-tensor", "a tensor the model does not have",
+     edit_tensors(lambda t: t.update({"model.layers.7.input_layernorm.weight": torch.ones(256, dtype=torch.bfloat16)})),
+     r"tensor 'model.layers.7.input_layernorm.weight': 'model.layers.7.input_layernorm.weight' is not a weight"),
+    ("missing-linear", "a whole linear missing (vLLM 0.32 would load it silently)",
+     edit_tensors(pop(*(f"{Q}.{x}" for x in ("weight", "scales", "biases")))),
+     rf"the shards lack weights that Qwen3ForCausalLM needs: {Q}.weight"),
+    ("plain-bf16-checkpoint", "a BF16 checkpoint given to the MLX loader", to_bf16_checkpoint,
+     r"config.json: is not an MLX-quantized checkpoint: config.json has no 'quantization' entry"),
+    ("other-quant-method", "an AWQ config", edit_config(lambda c: c["quantization_config"].update(quant_method="awq")),
+     r"is not an MLX checkpoint: quantization_config.quant_method is 'awq'"),
+    ("empty-directory", "an empty directory", empty, r": has no config.json\. Pass the MLX checkpoint's directory"),
+    ("config-without-weights", "a config.json and no weights", only_config,
+     r": has a config.json but no \*.safetensors weight files"),
+    ("config-not-json", "config.json is not JSON", lambda p: (p / "config.json").write_text("{oops"),
+     r"config.json: is not valid JSON"),
+]
+
+
+@pytest.fixture
+def checkpoint(checkpoints, tmp_path) -> Path:
+    path = tmp_path / "model"
+    shutil.copytree(checkpoints["q4g64"], path, ignore=shutil.ignore_patterns(".stamp"))
+    return path
+
+
+@pytest.mark.parametrize(("row", "what", "breaker", "message"), ROWS, ids=[r[0] for r in ROWS])
+def test_bad_input(row, what, breaker, message, checkpoint) -> None:
+    breaker(checkpoint)
+    path = checkpoint / "snapshots" / "rev" if row == "hf-cache-symlinks" else checkpoint
+    if message is None:
+        assert load_all(path) == 47  # loads, every tensor
+        return
+    with pytest.raises(MLXCheckpointError, match=message) as info:
+        load_all(path)
+    assert str(info.value).count("\n") == 0  # one message, one line
+
+
+def test_every_row_is_in_the_readme_table() -> None:
+    readme = (REPO / "README.md").read_text()
+    table = re.findall(r"^\| `([a-z0-9-]+)` \|", readme, flags=re.MULTILINE)
+    assert table == [r[0] for r in ROWS]
+    assert len(ROWS) >= 25
