@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import engine_kwargs, shutdown
 
 from vllm_mlx_loader.format import read_checkpoint
 from vllm_mlx_loader.weights import iter_dense_weights
@@ -31,26 +33,32 @@ def test_cuda_dequant_equals_cpu_dequant_bit_for_bit(checkpoints, rounding) -> N
         assert digests(checkpoints[variant], "cuda", rounding) == digests(checkpoints[variant], "cpu", rounding)
 
 
-def _parameter_digests(model) -> dict[str, str]:
-    return {
-        name: hashlib.sha256(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
-        for name, p in model.named_parameters()
-    }
+TWO_LOADS = r"""
+import hashlib, json, os, sys
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the model lives in this process, for apply_model
+if __name__ == "__main__":
+    from vllm import LLM
+    found = []
+    for _ in range(2):
+        llm = LLM(model=sys.argv[1], load_format="mlx-4bit", distributed_executor_backend="uni", enforce_eager=True,
+                  gpu_memory_utilization=0.3, max_model_len=512)
+        (digests,) = llm.apply_model(lambda model: {
+            name: hashlib.sha256(p.detach().contiguous().view(__import__("torch").uint8).numpy().tobytes()).hexdigest()
+            for name, p in model.named_parameters()
+        })
+        found.append(digests)
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+    print("DIGESTS " + json.dumps(found))
+"""
 
 
 @pytest.mark.engine
-def test_two_vllm_loads_give_bit_identical_parameters(checkpoints, monkeypatch) -> None:
-    from vllm import LLM
-
-    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the model lives in this process
-    found = []
-    for _ in range(2):
-        llm = LLM(model=str(checkpoints["q4g128"]), load_format="mlx-4bit", distributed_executor_backend="uni",
-                  **engine_kwargs())
-        try:
-            (params,) = llm.apply_model(_parameter_digests)
-        finally:
-            shutdown(llm)
-        found.append(params)
-    assert found[0] == found[1]
-    assert "model.embed_tokens.weight" in found[0] and len(found[0]) > 10
+def test_two_vllm_loads_give_bit_identical_parameters(checkpoints) -> None:
+    # in a child process: an in-process engine would leave its state in the test process
+    out = subprocess.run([sys.executable, "-c", TWO_LOADS, str(checkpoints["q4g128"])], capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    first, second = json.loads(out.stdout.split("DIGESTS ", 1)[1])
+    assert first == second
+    assert "model.embed_tokens.weight" in first and len(first) > 10

@@ -62,13 +62,12 @@ class ShardReader:
             ) from None
         if tensor.dtype == torch.uint32:
             tensor = tensor.view(torch.int32)  # torch has almost no uint32 ops, torch_npu none
-        elif tensor.is_floating_point():
+        elif tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
-            if bad:
-                raise MLXCheckpointError(
-                    ref.where(), f"holds {bad} non-finite values (NaN or Inf) among {tensor.numel()}.",
-                    "The checkpoint is damaged: re-download or re-convert it.",
-                )
+            raise MLXCheckpointError(
+                ref.where(), f"holds {bad} non-finite values (NaN or Inf) among {tensor.numel()}.",
+                "The checkpoint is damaged: re-download or re-convert it.",
+            )
         self.stats.bytes_read += ref.nbytes
         return tensor.to(self.device)
 
