@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vllm_mlx_loader.dequant import dequantize_affine, unpack_codes
+from vllm_mlx_loader.dequant import dequantize_affine, dequantize_whole, unpack_codes
 from vllm_mlx_loader.format import read_checkpoint
 from vllm_mlx_loader.weights import LoadStats, ShardReader
 
@@ -52,6 +52,11 @@ def test_synthetic_tensors_match_mx_dequantize(bits: int, group_size: int, src: 
     assert torch.equal(exact, want)
     fused = dequantize_affine(*args, bits=bits, group_size=group_size, dtype=want.dtype)
     assert within_one_ulp(fused, want, args, bits, group_size)
+    # the accelerator path (whole tensor, no reused buffers), run here on the CPU: the same bits
+    flat = [a.reshape(-1, a.shape[-1]) for a in args]
+    for rounding, result in (("mlx_cpu", exact), ("fused", fused)):
+        whole = dequantize_whole(*flat, bits, group_size, want.dtype, rounding)
+        assert torch.equal(whole.reshape(result.shape), result)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])

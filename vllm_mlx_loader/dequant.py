@@ -22,26 +22,42 @@ _PACK_BYTES = {3: 3, 5: 5, 6: 3}
 _CPU_BLOCK_BYTES = 1 << 22  # 4 MiB of float32 measured fastest on 2 EPYC cores (256 KiB..16 MiB tried)
 
 
-def unpack_codes(packed: torch.Tensor, bits: int, dtype: torch.dtype = torch.int32) -> torch.Tensor:
-    """Unpack `[..., words]` uint32/int32 codes into `[..., words * 32 // bits]` codes of `dtype`."""
+def unpack_codes(
+    packed: torch.Tensor, bits: int, dtype: torch.dtype = torch.int32, *,
+    out: torch.Tensor | None = None, scratch: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Unpack `[..., words]` uint32/int32 codes into `[..., words * 32 // bits]` codes of `dtype`.
+
+    `out` receives the codes if given; `scratch` (int32, shaped like `packed`) lets 1/2/4/8-bit unpacking
+    reuse one buffer instead of allocating two temporaries per code position (on the CPU, fresh memory
+    costs a page fault per 4 KiB).
+    """
     mask = (1 << bits) - 1
     if 32 % bits == 0:
         words = packed.view(torch.int32)
-        out = torch.empty(*words.shape, 32 // bits, dtype=dtype, device=words.device)
-        for k in range(32 // bits):
-            # Arithmetic shift sign-extends, and the mask removes it again.
-            out[..., k] = (words >> (bits * k)) & mask
-        return out.flatten(-2)
+        per = 32 // bits
+        if out is None:
+            out = torch.empty(*words.shape, per, dtype=dtype, device=words.device)
+        codes = out.view(*words.shape, per)
+        for k in range(per):
+            if scratch is None:
+                # Arithmetic shift sign-extends, and the mask removes it again.
+                codes[..., k] = (words >> (bits * k)) & mask
+            else:  # CPU only: torch_npu runs `>>`, not bitwise_right_shift
+                torch.bitwise_right_shift(words, bits * k, out=scratch)
+                codes[..., k] = scratch.bitwise_and_(mask)
+        return codes.flatten(-2)
     pack = _PACK_BYTES[bits]
     data = packed.view(torch.uint8)
     data = data.reshape(*data.shape[:-1], -1, pack).to(torch.int32)
     # Append a zero byte so the last code of a pack can read "the next byte" too.
     data = torch.cat([data, torch.zeros_like(data[..., :1])], dim=-1)
-    out = torch.empty(*data.shape[:-1], pack * 8 // bits, dtype=dtype, device=data.device)
+    codes = torch.empty(*data.shape[:-1], pack * 8 // bits, dtype=dtype, device=data.device)
     for k in range(pack * 8 // bits):
         first, shift = divmod(k * bits, 8)
-        out[..., k] = ((data[..., first] + data[..., first + 1] * 256) >> shift) & mask
-    return out.flatten(-2)
+        codes[..., k] = ((data[..., first] + data[..., first + 1] * 256) >> shift) & mask
+    codes = codes.flatten(-2)
+    return codes if out is None else out.copy_(codes)
 
 
 def dequantize_affine(
@@ -62,27 +78,42 @@ def dequantize_affine(
     """
     if rounding not in ROUNDINGS:
         raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+    compute = torch.float32 if rounding == "fused" else scales.dtype
     w = weight.reshape(-1, weight.shape[-1])
     s, b = scales.reshape(-1, scales.shape[-1]), biases.reshape(-1, biases.shape[-1])
     in_features = s.shape[-1] * group_size
-    out = torch.empty(w.shape[0], in_features, dtype=dtype, device=weight.device)
-    # On the CPU, blocks of rows keep the float32 temporaries in cache; accelerators take the whole tensor.
-    step = max(1, _CPU_BLOCK_BYTES // (in_features * 4)) if weight.device.type == "cpu" else w.shape[0]
+    if weight.device.type != "cpu":
+        return dequantize_whole(w, s, b, bits, group_size, dtype, rounding).reshape(*weight.shape[:-1], in_features)
+    # CPU: blocks of rows, in buffers reused from block to block, keep the temporaries in cache and off
+    # the page-fault path; the dense output is the only fresh allocation.
+    out = torch.empty(w.shape[0], in_features, dtype=dtype)
+    step = min(w.shape[0], max(1, _CPU_BLOCK_BYTES // (in_features * 4)))
+    codes_buf = torch.empty(step, in_features, dtype=compute)
+    scratch = torch.empty(step, w.shape[1], dtype=torch.int32) if 32 % bits == 0 else None
     for r in range(0, w.shape[0], step):
-        rows = slice(r, r + step)
-        out[rows] = _dequantize_rows(w[rows], s[rows], b[rows], bits, group_size, rounding)
+        n = min(step, w.shape[0] - r)
+        rows = slice(r, r + n)
+        codes = unpack_codes(w[rows], bits, out=codes_buf[:n], scratch=None if scratch is None else scratch[:n])
+        _scale(codes, s[rows], b[rows], group_size, rounding)
+        out[rows] = codes
     return out.reshape(*weight.shape[:-1], in_features)
 
 
-def _dequantize_rows(
-    w: torch.Tensor, s: torch.Tensor, b: torch.Tensor, bits: int, group_size: int, rounding: Rounding
+def dequantize_whole(
+    w: torch.Tensor, s: torch.Tensor, b: torch.Tensor, bits: int, group_size: int, dtype: torch.dtype,
+    rounding: Rounding,
 ) -> torch.Tensor:
-    compute = torch.float32 if rounding == "fused" else s.dtype
-    codes = unpack_codes(w, bits, compute)
+    """The accelerator path: each plain op (the ones torch_npu runs) once over the whole `[rows, words]` tensor."""
+    codes = unpack_codes(w, bits, torch.float32 if rounding == "fused" else s.dtype)
+    _scale(codes, s, b, group_size, rounding)
+    return codes.to(dtype)
+
+
+def _scale(codes: torch.Tensor, s: torch.Tensor, b: torch.Tensor, group_size: int, rounding: Rounding) -> None:
+    """`codes = codes * s + b` in place, per group; codes are float32 (fused) or the scales' dtype."""
     grouped = codes.view(codes.shape[0], -1, group_size)
     if rounding == "fused":
-        grouped.mul_(s.to(compute).unsqueeze(-1)).add_(b.to(compute).unsqueeze(-1))
+        grouped.mul_(s.to(torch.float32).unsqueeze(-1)).add_(b.to(torch.float32).unsqueeze(-1))
     else:  # one rounding after the product, one after the sum, as mx.dequantize on the CPU
         grouped.mul_(s.unsqueeze(-1))
         grouped.add_(b.unsqueeze(-1))
-    return codes
