@@ -9,6 +9,7 @@ and the model's sizes before any tensor is read. See ../shared/mlx-format.md for
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,7 @@ class TensorRef:
 
     @property
     def nbytes(self) -> int:
-        n = _DTYPE_BYTES.get(self.dtype, 1)
-        for dim in self.shape:
-            n *= dim
-        return n
+        return _DTYPE_BYTES.get(self.dtype, 1) * math.prod(self.shape)
 
     def where(self) -> str:
         return f"{self.file}: tensor {self.name!r}"
