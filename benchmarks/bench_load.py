@@ -1,13 +1,13 @@
 """Load and serve speed: `--load-format mlx-4bit` on an MLX checkpoint vs vLLM's default loader on the BF16
 checkpoint of the same weights, and vs the two-step `mlx_lm.convert -d` + BF16 load, in one run.
 
-    python benchmarks/bench_load.py MLX_DIR [--trials 3] [--serve] [--json OUT] [--md OUT]
+    python benchmarks/bench_load.py MLX_DIR [--trials 3] [--serve [--serve-trials N]] [--json OUT]
 
 The BF16 checkpoint is written once by `python -m vllm_mlx_loader.convert` (same weights, same bytes as
 `mlx_lm.convert -d` up to one rounding). Each load runs in a fresh process (`LLM(...)` to ready, enforce
 eager, 1 GiB KV cache for both), warm page cache, with the process tree's peak RSS sampled every 50 ms.
 `--serve` adds the seed's latency table: input 32/64/128 x output 32/64 tokens, one request at a time,
-greedy, mean latency and tokens/s for both checkpoints.
+greedy, mean latency and tokens/s for both checkpoints (--serve-trials timed requests per cell, default 3).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import json, sys, time
 if __name__ == "__main__":
     start = time.perf_counter()
     from vllm import LLM, SamplingParams
-    model, load_format, serve = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+    model, load_format, serve = sys.argv[1], sys.argv[2], int(sys.argv[3])
     llm = LLM(model=model, load_format=load_format, enforce_eager=True, skip_tokenizer_init=True,
               max_model_len=512, max_num_seqs=4, gpu_memory_utilization=0.3, seed=0)
     ready = time.perf_counter() - start
@@ -47,7 +47,7 @@ if __name__ == "__main__":
                 prompt = {"prompt_token_ids": [rng.randrange(1000, 20000) for _ in range(n_in)]}
                 llm.generate([prompt], params, use_tqdm=False)  # warm-up
                 times = []
-                for _ in range(3):
+                for _ in range(serve):
                     t = time.perf_counter()
                     llm.generate([prompt], params, use_tqdm=False)
                     times.append(time.perf_counter() - t)
@@ -84,9 +84,9 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[flo
     return time.perf_counter() - start, peak / 2**30, output
 
 
-def load_once(model: Path, load_format: str, serve: bool) -> dict:
+def load_once(model: Path, load_format: str, serve_trials: int) -> dict:
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    wall, rss, out = run_measured([sys.executable, "-c", CHILD, str(model), load_format, "1" if serve else "0"], env)
+    wall, rss, out = run_measured([sys.executable, "-c", CHILD, str(model), load_format, str(serve_trials)], env)
     result = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
     result.update(wall_s=wall, peak_rss_gib=rss)
     if m := re.search(r"reading ([\d.]+) s, dequantizing ([\d.]+) s, total ([\d.]+) s", out):
@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", type=Path, help="MLX checkpoint")
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--serve", action="store_true")
+    parser.add_argument("--serve-trials", type=int, default=3, help="timed requests per serving cell")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.model.parent) as tmp:
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         for trial in range(args.trials):
             for name, path, fmt in (("mlx-4bit", args.model, "mlx-4bit"), ("bf16", bf16, "auto")):
                 warm(path)
-                r = load_once(path, fmt, serve=args.serve and trial == 0)
+                r = load_once(path, fmt, args.serve_trials if args.serve and trial == 0 else 0)
                 runs[name].append(r)
                 print(f"  {name} trial {trial}: ready {r['ready_s']:.1f} s, weights {r.get('weights_s', 0):.2f} s, "
                       f"peak RSS {r['peak_rss_gib']:.2f} GiB", flush=True)
