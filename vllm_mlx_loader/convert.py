@@ -26,18 +26,17 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .dequant import ROUNDINGS
 from .errors import MLXCheckpointError
-from .format import MLXCheckpoint, read_checkpoint
+from .format import MLXCheckpoint, read_checkpoint, read_headers
 from .weights import iter_dense_weights
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-WEIGHT_FILES = ("model.safetensors.index.json", "config.json")
 INDEX = "model.safetensors.index.json"
+WEIGHT_FILES = (INDEX, "config.json")  # rewritten, not copied
 
 
 def plan_shards(ckpt: MLXCheckpoint, dtype: torch.dtype, max_shard_bytes: int) -> list[list[str]]:
@@ -129,14 +128,11 @@ def _write_shard(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 def verify(directory: Path, ckpt: MLXCheckpoint, weight_map: dict[str, str], dtype: torch.dtype) -> None:
     """Re-read every written shard's header: each weight once, where the index says, right shape and dtype."""
-    found: dict[str, tuple[str, torch.dtype, tuple[int, ...]]] = {}
-    for shard in sorted(directory.glob("*.safetensors")):
-        with safe_open(shard, framework="pt") as f:
-            for name in f.keys():
-                found[name] = (shard.name, f.get_slice(name).get_dtype(), tuple(f.get_slice(name).get_shape()))
+    found = read_headers(tuple(sorted(directory.glob("*.safetensors"))))
     want_dtype = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}[dtype]
     for entry in ckpt.entries:
-        got = found.pop(entry.name, None)
+        ref = found.pop(entry.name, None)
+        got = None if ref is None else (ref.file.name, ref.dtype, ref.shape)
         expected = (weight_map[entry.name], want_dtype, tuple(entry.shape))
         if got != expected:
             raise MLXCheckpointError(
