@@ -1,11 +1,14 @@
 """Dequantization throughput over a whole model, against the same machine's torch copy bandwidth.
 
-    python benchmarks/bench_dequant.py MLX_DIR [--trials 3] [--json OUT]
+    python benchmarks/bench_dequant.py MLX_DIR [--trials 3] [--json OUT] [--bf16 BF16_DIR]
 
 Runs the loader's own read + dequantize pass (`iter_dense_weights`, device CPU, BF16) over every tensor
 of the checkpoint and reports BF16 bytes written per second. The physical limit it is compared with is
 `torch.Tensor.copy_` of the same number of BF16 bytes into an already-allocated tensor (what writing
-into vLLM's preallocated parameters costs). Also reports peak RSS (a streaming pass holds one module).
+into vLLM's preallocated parameters costs). Also measured under that copy's own conditions: dequantization
+alone, packed data in memory, into one preallocated output. Reports peak RSS of the streaming pass (it
+holds a few modules, not the model); with `--bf16 DIR`, also the time and peak RSS of reading the BF16
+checkpoint of the same weights the way vLLM's default loader does, in a fresh process.
 """
 
 from __future__ import annotations
@@ -15,13 +18,17 @@ import json
 import math
 import platform
 import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from vllm_mlx_loader import cpu_kernel
+from vllm_mlx_loader.dequant import dequantize_affine
 from vllm_mlx_loader.format import read_checkpoint
-from vllm_mlx_loader.weights import LoadStats, iter_dense_weights
+from vllm_mlx_loader.weights import LoadStats, ShardReader, iter_dense_weights
 
 
 def peak_rss_gib() -> float:
@@ -56,11 +63,53 @@ def dequant_pass(ckpt, trials: int) -> list[dict[str, float]]:
     return runs
 
 
+def dequant_into_preallocated(ckpt, trials: int) -> list[float]:
+    """GB/s of dequantization alone, every quantized module into one preallocated BF16 buffer: the same
+    conditions as `copy_bandwidth` (packed data already in memory, output pages already faulted in)."""
+    with ShardReader(torch.device("cpu"), LoadStats()) as reader:
+        packed = [(m, [reader.read(t) for t in (m.weight, m.scales, m.biases)]) for m in ckpt.quantized]
+        largest = max(math.prod(m.shape) for m, _ in packed)
+        buf = torch.zeros(largest, dtype=torch.bfloat16)
+        rates = []
+        for _ in range(trials):
+            start, written = time.perf_counter(), 0
+            for m, (w, s, b) in packed:
+                out = buf[: math.prod(m.shape)].view(m.shape)
+                dequantize_affine(w, s, b, bits=m.params.bits, group_size=m.params.group_size, out=out)
+                written += out.numel() * 2
+            rates.append(written / (time.perf_counter() - start) / 1e9)
+    return rates
+
+
+_BF16_PASS = """
+import resource, sys, time
+from pathlib import Path
+from safetensors import safe_open
+start, n = time.perf_counter(), 0
+for shard in sorted(Path(sys.argv[1]).glob("*.safetensors")):
+    with safe_open(shard, framework="pt") as f:
+        for name in f.keys():
+            n += f.get_tensor(name).nbytes
+print(n, time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+"""
+
+
+def bf16_pass(directory: Path) -> dict[str, float]:
+    """vLLM's default loader's way through a BF16 checkpoint (safe_open, get_tensor one at a time, each
+    dropped after use), in a fresh process so that its peak RSS is its own."""
+    out = subprocess.run([sys.executable, "-c", _BF16_PASS, str(directory)], capture_output=True, text=True,
+                         check=True).stdout.split()
+    nbytes, seconds, rss = int(out[0]), float(out[1]), float(out[2])
+    return {"bytes": nbytes, "seconds": seconds, "gb_per_s": nbytes / seconds / 1e9, "peak_rss_gib": rss}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path)
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--bf16", type=Path, help="the BF16 checkpoint of the same weights (e.g. the converter's "
+                        "output): also time vLLM's way of reading it, and compare peak RSS")
     args = parser.parse_args(argv)
     ckpt = read_checkpoint(args.model)
     total = sum(math.prod(e.shape) * 2 for e in ckpt.entries)
@@ -72,18 +121,30 @@ def main(argv: list[str] | None = None) -> int:
     for i, r in enumerate(runs):
         print(f"  dequant trial {i}: {r['seconds']:.2f} s ({r['read_s']:.2f} read, {r['dequant_s']:.2f} dequant), "
               f"{r['gb_per_s']:.2f} GB/s BF16 out", flush=True)
+    rss = peak_rss_gib()  # of the streaming pass alone: the next measure holds every packed tensor
+    kernel = dequant_into_preallocated(ckpt, args.trials)
     copies = copy_bandwidth(total, largest, args.trials)
-    for i, c in enumerate(copies):
-        print(f"  copy trial {i}: {c:.2f} GB/s", flush=True)
-    best_dq, best_copy = max(r["gb_per_s"] for r in runs), max(copies)
+    for name, rates in (("dequant into preallocated", kernel), ("copy", copies)):
+        for i, c in enumerate(rates):
+            print(f"  {name} trial {i}: {c:.2f} GB/s", flush=True)
+    best_dq, best_kernel, best_copy = max(r["gb_per_s"] for r in runs), max(kernel), max(copies)
     result = {
         "model": str(args.model), "tensors": len(ckpt.entries), "packed_bytes": ckpt.nbytes, "bf16_bytes": total,
         "torch_threads": torch.get_num_threads(), "machine": platform.machine(), "torch": torch.__version__,
-        "dequant": runs, "copy_gb_per_s": copies, "best_dequant_gb_per_s": best_dq, "best_copy_gb_per_s": best_copy,
-        "ratio": best_dq / best_copy, "peak_rss_gib": peak_rss_gib(),
+        "c_kernel": cpu_kernel.available(), "dequant": runs, "preallocated_gb_per_s": kernel,
+        "copy_gb_per_s": copies, "best_dequant_gb_per_s": best_dq, "best_preallocated_gb_per_s": best_kernel,
+        "best_copy_gb_per_s": best_copy, "ratio": best_dq / best_copy, "preallocated_ratio": best_kernel / best_copy,
+        "peak_rss_gib": rss,
     }
-    print(f"dequant {best_dq:.2f} GB/s vs copy {best_copy:.2f} GB/s: ratio {result['ratio']:.3f} (target >= 0.5); "
-          f"peak RSS {result['peak_rss_gib']:.2f} GiB")
+    if args.bf16:
+        bf16_pass(args.bf16)  # warm-up: page cache
+        result["bf16_pass"] = bf16 = bf16_pass(args.bf16)
+        print(f"  BF16 checkpoint read as vLLM's default loader does: {bf16['seconds']:.2f} s, "
+              f"peak RSS {bf16['peak_rss_gib']:.2f} GiB (the MLX pass: {rss:.2f} GiB)", flush=True)
+    print(f"loader pass {best_dq:.2f} GB/s, dequant into preallocated {best_kernel:.2f} GB/s, copy {best_copy:.2f} "
+          f"GB/s: ratios {result['ratio']:.3f} and {result['preallocated_ratio']:.3f} (target >= 0.5); "
+          f"C kernel {'built' if cpu_kernel.available() else 'MISSING (torch path)'}; "
+          f"peak RSS of the pass {rss:.2f} GiB")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

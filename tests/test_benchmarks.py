@@ -9,6 +9,7 @@ import pytest
 from conftest import REPO
 from safetensors import safe_open
 
+from vllm_mlx_loader.convert import convert
 from vllm_mlx_loader.format import read_checkpoint
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -50,10 +51,14 @@ def test_8b_shape_matches_the_published_checkpoint_size() -> None:
 
 def test_dequant_benchmark_smoke(tmp_path, capsys) -> None:
     synthetic = synthetic_checkpoint.write(tmp_path / "syn", "tiny")
-    assert bench_dequant.main([str(synthetic), "--trials", "1", "--json", str(tmp_path / "r.json")]) == 0
+    bf16 = convert(synthetic, tmp_path / "bf16", progress=False)
+    argv = [str(synthetic), "--trials", "1", "--json", str(tmp_path / "r.json"), "--bf16", str(bf16)]
+    assert bench_dequant.main(argv) == 0
     assert "ratio" in capsys.readouterr().out
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["bf16_bytes"] > 0 and result["best_copy_gb_per_s"] > 0 and result["ratio"] > 0
+    assert result["c_kernel"] and result["preallocated_ratio"] > 0
+    assert result["bf16_pass"]["bytes"] == result["bf16_bytes"]
 
 
 @pytest.mark.engine

@@ -14,9 +14,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from vllm_mlx_loader import convert as convert_mod
 from vllm_mlx_loader.convert import convert, main
 from vllm_mlx_loader.errors import MLXCheckpointError
+from vllm_mlx_loader.shard_writer import ShardWriter
 
 
 def tree_digest(path: Path) -> dict[str, str]:
@@ -124,18 +124,18 @@ def test_interrupted_conversion_leaves_nothing(checkpoints, tmp_path, monkeypatc
     src = checkpoints["q4g64"]
     before = tree_digest(src)
     written = []
-    real_write = convert_mod._write_shard
+    real_write = ShardWriter.write
 
-    def write_then_fail(tensors, path):
-        if written:
+    def write_then_fail(self, name, tensor):
+        if written and self.path != written[-1]:  # the first tensor of the second shard
             raise failure("interrupted")
-        real_write(tensors, path)
-        written.append(path)
+        real_write(self, name, tensor)
+        written.append(self.path)
 
-    monkeypatch.setattr(convert_mod, "_write_shard", write_then_fail)
+    monkeypatch.setattr(ShardWriter, "write", write_then_fail)
     with pytest.raises(failure):
         convert(src, tmp_path / "out" / "hf", max_shard_bytes=400_000, progress=False)
-    assert written  # it had written a shard before the failure
+    assert len(set(written)) == 1  # it had written a whole shard before the failure
     assert list((tmp_path / "out").iterdir()) == []
     assert tree_digest(src) == before
 
@@ -157,3 +157,23 @@ def test_bad_tensor_found_mid_conversion_leaves_nothing(checkpoints, tmp_path) -
     with pytest.raises(MLXCheckpointError, match=r"tensor 'model.norm.weight': holds 1 non-finite values"):
         convert(src, tmp_path / "out" / "hf", max_shard_bytes=400_000, progress=False)
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_the_streaming_shard_writer_writes_what_safetensors_reads(tmp_path) -> None:
+    tensors = {"b.weight": torch.randn(3, 5).bfloat16(), "a.weight": torch.randn(7).bfloat16()}
+    layout = [(k, tuple(v.shape)) for k, v in tensors.items()]
+    with ShardWriter(tmp_path / "x.safetensors", layout, torch.bfloat16) as w:
+        for k, v in tensors.items():
+            w.write(k, v)
+    with safe_open(tmp_path / "x.safetensors", framework="pt") as f:
+        assert f.metadata() == {"format": "pt"} and sorted(f.keys()) == ["a.weight", "b.weight"]
+        for k, v in tensors.items():
+            assert torch.equal(f.get_tensor(k), v)
+    with ShardWriter(tmp_path / "y.safetensors", layout, torch.bfloat16) as w:
+        with pytest.raises(ValueError, match=r"got 'a.weight', expected 'b.weight'"):
+            w.write("a.weight", tensors["a.weight"])
+        with pytest.raises(ValueError, match=r"'b.weight' is torch.float32 \(3, 5\), expected torch.bfloat16"):
+            w.write("b.weight", tensors["b.weight"].float())
+        w.write("b.weight", tensors["b.weight"])
+        with pytest.raises(ValueError, match="1 tensors were never written"):
+            w.close()

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from vllm_mlx_loader.dequant import dequantize_affine, dequantize_whole, unpack_codes
+from vllm_mlx_loader import cpu_kernel
+from vllm_mlx_loader.dequant import dequantize_affine, dequantize_blocks, dequantize_whole, unpack_codes
 from vllm_mlx_loader.format import read_checkpoint
 from vllm_mlx_loader.weights import LoadStats, ShardReader
 
@@ -52,11 +53,39 @@ def test_synthetic_tensors_match_mx_dequantize(bits: int, group_size: int, src: 
     assert torch.equal(exact, want)
     fused = dequantize_affine(*args, bits=bits, group_size=group_size, dtype=want.dtype)
     assert within_one_ulp(fused, want, args, bits, group_size)
-    # the accelerator path (whole tensor, no reused buffers), run here on the CPU: the same bits
+    # every path computes the same bits: C kernel (used above where it applies), torch row blocks, and the
+    # accelerator path (whole tensor) run here on the CPU
     flat = [a.reshape(-1, a.shape[-1]) for a in args]
     for rounding, result in (("mlx_cpu", exact), ("fused", fused)):
-        whole = dequantize_whole(*flat, bits, group_size, want.dtype, rounding)
-        assert torch.equal(whole.reshape(result.shape), result)
+        for path in (dequantize_blocks, dequantize_whole):
+            got = path(*flat, bits, group_size, want.dtype, rounding)
+            assert torch.equal(got.reshape(result.shape), result), path.__name__
+
+
+def test_the_c_kernel_is_built_here() -> None:
+    """CI installs with a C compiler, so the kernel the other tests compare must be there (users without
+    a compiler get the torch path)."""
+    assert cpu_kernel.available()
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 8])
+@pytest.mark.parametrize("params", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("out", [torch.bfloat16, torch.float32])
+def test_c_kernel_equals_the_torch_path_bit_for_bit(bits: int, params: torch.dtype, out: torch.dtype) -> None:
+    """Big enough to be split over threads and to get huge-page advice; odd row counts; wide value ranges."""
+    gen = torch.Generator().manual_seed(bits)
+    for rows, group_size in ((1031, 64), (7, 128), (1, 32)):
+        in_features = group_size * 24
+        w = torch.randint(-(2**31), 2**31 - 1, (rows, in_features * bits // 32), dtype=torch.int32, generator=gen)
+        s = (torch.randn(rows, in_features // group_size, generator=gen) * 10 ** torch.randint(-4, 3, (1,))).to(params)
+        b = (torch.randn(rows, in_features // group_size, generator=gen) * 3).to(params)
+        for rounding in ("fused", "mlx_cpu"):
+            if not cpu_kernel.supports(params, out, group_size, rounding):
+                assert params == torch.float16 and rounding == "mlx_cpu"
+                continue
+            got = cpu_kernel.dequantize(w, s, b, bits, group_size, out, rounding)
+            want = dequantize_blocks(w, s, b, bits, group_size, out, rounding)
+            assert torch.equal(got.view(torch.uint8), want.view(torch.uint8)), (rows, group_size, rounding)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])

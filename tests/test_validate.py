@@ -66,9 +66,9 @@ def swap_nibbles_of(path: str):
     """A deliberately broken dequantization: one tensor's nibble pairs swapped before unpacking."""
     original = weights._dequantize
 
-    def broken(module, reader, dtype, rounding):
+    def broken(module, reader, dtype, rounding, out):
         if module.path != path:
-            return original(module, reader, dtype, rounding)
+            return original(module, reader, dtype, rounding, out)
         real_read = reader.read
 
         def read(ref):
@@ -79,7 +79,7 @@ def swap_nibbles_of(path: str):
 
         reader.read = read
         try:
-            return original(module, reader, dtype, rounding)
+            return original(module, reader, dtype, rounding, out)
         finally:
             reader.read = real_read
 

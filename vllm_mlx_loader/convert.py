@@ -2,8 +2,8 @@
 
     python -m vllm_mlx_loader.convert SRC DST [--dtype bfloat16] [--rounding fused|mlx_cpu] [--force]
 
-Uses the loader's own reading, checks and dequantization, streaming one tensor at a time: host memory
-holds one output shard at most (--max-shard-size, 5 GB by default), never the whole model. Writes
+Uses the loader's own reading, checks and dequantization, streaming one tensor at a time into the
+output shards (--max-shard-size, 5 GB by default): host memory holds a few tensors, never a whole shard. Writes
 `model-0000K-of-0000N.safetensors` shards, a `model.safetensors.index.json`, `config.json` without the
 `quantization` and `quantization_config` keys, and copies every other file (tokenizer, chat template,
 generation config). Atomic: everything goes to a temporary directory beside DST, which is renamed into
@@ -26,12 +26,12 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .dequant import ROUNDINGS
 from .errors import MLXCheckpointError
 from .format import MLXCheckpoint, read_checkpoint, read_headers
+from .shard_writer import ShardWriter
 from .weights import iter_dense_weights
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -39,17 +39,17 @@ INDEX = "model.safetensors.index.json"
 WEIGHT_FILES = (INDEX, "config.json")  # rewritten, not copied
 
 
-def plan_shards(ckpt: MLXCheckpoint, dtype: torch.dtype, max_shard_bytes: int) -> list[list[str]]:
-    """Greedy split of the dense tensors into shards of at most `max_shard_bytes` (one tensor may exceed it)."""
-    item = torch.finfo(dtype).bits // 8
-    shards: list[list[str]] = [[]]
+def plan_shards(ckpt: MLXCheckpoint, dtype: torch.dtype, max_shard_bytes: int) -> list[list[tuple[str, tuple]]]:
+    """Greedy split of the dense tensors, in checkpoint order, into shards of at most `max_shard_bytes`
+    (one tensor may exceed it); each shard a list of `(name, shape)`."""
+    shards: list[list[tuple[str, tuple]]] = [[]]
     size = 0
     for entry in ckpt.entries:
-        nbytes = math.prod(entry.shape) * item
+        nbytes = math.prod(entry.shape) * dtype.itemsize
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append([])
             size = 0
-        shards[-1].append(entry.name)
+        shards[-1].append((entry.name, tuple(entry.shape)))
         size += nbytes
     return shards
 
@@ -89,24 +89,22 @@ def convert(
     _check_destination(src, dst, force)
     torch_dtype = DTYPES[dtype]
     shards = plan_shards(ckpt, torch_dtype, max_shard_bytes)
-    shard_of = {name: i for i, names in enumerate(shards) for name in names}
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
+    dense = iter_dense_weights(ckpt, "cpu", torch_dtype, rounding)
     try:
         weight_map, total = {}, 0
-        pending: dict[str, torch.Tensor] = {}
-        current = 0
         bar = tqdm(total=len(ckpt.entries), desc="Converting MLX checkpoint", disable=not progress, unit="tensor")
-        for name, tensor in iter_dense_weights(ckpt, "cpu", torch_dtype, rounding):
-            if shard_of[name] != current:
-                _write_shard(pending, tmp / shard_name(current, len(shards)))
-                pending, current = {}, shard_of[name]
-            pending[name] = tensor.to(torch_dtype).contiguous()  # norms are stored BF16: cast them too
-            weight_map[name] = shard_name(current, len(shards))
-            total += pending[name].nbytes
-            bar.update()
-        _write_shard(pending, tmp / shard_name(current, len(shards)))
+        for i, layout in enumerate(shards):
+            file = shard_name(i, len(shards))
+            with ShardWriter(tmp / file, layout, torch_dtype) as writer:
+                for _ in layout:  # the checkpoint's order is the shards' order
+                    name, tensor = next(dense)
+                    writer.write(name, tensor.to(torch_dtype))  # norms are stored BF16: cast them too
+                    weight_map[name] = file
+                    total += tensor.numel() * torch_dtype.itemsize
+                    bar.update()
         bar.close()
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
@@ -119,11 +117,9 @@ def convert(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        dense.close()
     return dst
-
-
-def _write_shard(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    save_file(tensors, path, metadata={"format": "pt"})
 
 
 def verify(directory: Path, ckpt: MLXCheckpoint, weight_map: dict[str, str], dtype: torch.dtype) -> None:

@@ -14,6 +14,8 @@ from typing import Literal
 
 import torch
 
+from . import cpu_kernel
+
 Rounding = Literal["fused", "mlx_cpu"]
 ROUNDINGS: tuple[Rounding, ...] = ("fused", "mlx_cpu")
 
@@ -69,24 +71,42 @@ def dequantize_affine(
     group_size: int,
     dtype: torch.dtype = torch.bfloat16,
     rounding: Rounding = "fused",
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Dequantize `w = scales * q + biases` per group of `group_size` codes along the last axis.
 
     `rounding="fused"` computes in float32 and rounds once to `dtype` (what MLX's Metal kernels compute).
     `rounding="mlx_cpu"` computes in the scales' dtype with two roundings, `(q * s) + b`, which is what
     `mx.dequantize` on the CPU (and so `mlx_lm.convert -d`) returns, bit for bit.
+
+    Three paths compute the same bits: the C kernel on the CPU where it is built (`cpu_kernel`), row blocks
+    of torch ops on the CPU otherwise, and whole-tensor torch ops on accelerators. `out`: a contiguous
+    CPU tensor of the result's shape and `dtype` to write into (the CPU paths write there directly).
     """
     if rounding not in ROUNDINGS:
         raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
-    compute = torch.float32 if rounding == "fused" else scales.dtype
     w = weight.reshape(-1, weight.shape[-1])
     s, b = scales.reshape(-1, scales.shape[-1]), biases.reshape(-1, biases.shape[-1])
-    in_features = s.shape[-1] * group_size
+    flat_out = None if out is None else out.view(w.shape[0], -1)
     if weight.device.type != "cpu":
-        return dequantize_whole(w, s, b, bits, group_size, dtype, rounding).reshape(*weight.shape[:-1], in_features)
-    # CPU: blocks of rows, in buffers reused from block to block, keep the temporaries in cache and off
-    # the page-fault path; the dense output is the only fresh allocation.
-    out = torch.empty(w.shape[0], in_features, dtype=dtype)
+        dense = dequantize_whole(w, s, b, bits, group_size, dtype, rounding)
+        dense = dense if out is None else flat_out.copy_(dense)
+    elif cpu_kernel.supports(s.dtype, dtype, group_size, rounding) and b.dtype == s.dtype:
+        dense = cpu_kernel.dequantize(w, s, b, bits, group_size, dtype, rounding, flat_out)
+    else:
+        dense = dequantize_blocks(w, s, b, bits, group_size, dtype, rounding, flat_out)
+    return dense.reshape(*weight.shape[:-1], dense.shape[-1])
+
+
+def dequantize_blocks(
+    w: torch.Tensor, s: torch.Tensor, b: torch.Tensor, bits: int, group_size: int, dtype: torch.dtype,
+    rounding: Rounding, out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The CPU path without the C kernel: blocks of rows, in buffers reused from block to block, keep the
+    temporaries in cache and off the page-fault path; the dense output is the only fresh allocation."""
+    compute = torch.float32 if rounding == "fused" else s.dtype
+    in_features = s.shape[-1] * group_size
+    out = torch.empty(w.shape[0], in_features, dtype=dtype) if out is None else out
     step = min(w.shape[0], max(1, _CPU_BLOCK_BYTES // (in_features * 4)))
     codes_buf = torch.empty(step, in_features, dtype=compute)
     scratch = torch.empty(step, w.shape[1], dtype=torch.int32) if 32 % bits == 0 else None
@@ -96,7 +116,7 @@ def dequantize_affine(
         codes = unpack_codes(w[rows], bits, out=codes_buf[:n], scratch=None if scratch is None else scratch[:n])
         _scale(codes, s[rows], b[rows], group_size, rounding)
         out[rows] = codes
-    return out.reshape(*weight.shape[:-1], in_features)
+    return out
 
 
 def dequantize_whole(

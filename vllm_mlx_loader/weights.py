@@ -7,6 +7,7 @@ holds one module's tensors at a time, never a dense copy of the model.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from .buffers import OutputBuffers
 from .dequant import Rounding, dequantize_affine
 from .errors import MLXCheckpointError
 from .format import MLXCheckpoint, QuantizedModule, TensorRef
@@ -62,7 +64,7 @@ class ShardReader:
             ) from None
         if tensor.dtype == torch.uint32:
             tensor = tensor.view(torch.int32)  # torch has almost no uint32 ops, torch_npu none
-        elif tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        elif tensor.is_floating_point() and not _all_finite(tensor):
             bad = int((~torch.isfinite(tensor)).sum())
             raise MLXCheckpointError(
                 ref.where(), f"holds {bad} non-finite values (NaN or Inf) among {tensor.numel()}.",
@@ -70,6 +72,12 @@ class ShardReader:
             )
         self.stats.bytes_read += ref.nbytes
         return tensor.to(self.device)
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    # A float32 sum is NaN/Inf iff some value is (or the sum overflows: then look value by value);
+    # 14x faster than isfinite().all() on scales here.
+    return bool(torch.isfinite(tensor.sum(dtype=torch.float32))) or bool(torch.isfinite(tensor).all())
 
 
 def iter_dense_weights(
@@ -82,24 +90,40 @@ def iter_dense_weights(
     """Yield `(hf_name, dense tensor)` for every weight of `ckpt`, dequantized on `device`.
 
     Unquantized tensors (norms) come back in their stored dtype on `device`; the model's weight
-    loader casts them as it copies.
+    loader casts them as it copies. On the CPU, a dense tensor's memory is reused for a later one once the
+    consumer has dropped every reference to it (`buffers.py`), never before.
     """
     device = torch.device(device)
     stats = stats if stats is not None else LoadStats()
+    buffers = OutputBuffers(_buffer_capacity(ckpt, dtype)) if device.type == "cpu" else None
     with ShardReader(device, stats) as reader:
-        for entry in ckpt.entries:
-            start = time.perf_counter()
-            if isinstance(entry, TensorRef):
-                tensor = reader.read(entry)
-                _synchronize(device)
-                stats.read_s += time.perf_counter() - start
-            else:
-                tensor = _dequantize(entry, reader, dtype, rounding)
-            stats.tensors += 1
-            yield entry.name, tensor
+        try:
+            for entry in ckpt.entries:
+                start = time.perf_counter()
+                if isinstance(entry, TensorRef):
+                    tensor = reader.read(entry)
+                    _synchronize(device)
+                    stats.read_s += time.perf_counter() - start
+                else:
+                    out = None if buffers is None else buffers.empty(entry.shape, dtype)
+                    tensor = _dequantize(entry, reader, dtype, rounding, out)
+                stats.tensors += 1
+                yield entry.name, tensor
+        finally:
+            if buffers is not None:
+                buffers.release()
 
 
-def _dequantize(module: QuantizedModule, reader: ShardReader, dtype: torch.dtype, rounding: Rounding) -> torch.Tensor:
+def _buffer_capacity(ckpt: MLXCheckpoint, dtype: torch.dtype, limit: int = 1 << 28) -> int:
+    """The largest dense module up to `limit` (256 MiB): the layers' projections share buffers, while the
+    rare larger tensors (embeddings, lm_head) get their own memory rather than pin 3x their size."""
+    sizes = [math.prod(m.shape) * dtype.itemsize for m in ckpt.quantized]
+    return max((n for n in sizes if n <= limit), default=0)
+
+
+def _dequantize(
+    module: QuantizedModule, reader: ShardReader, dtype: torch.dtype, rounding: Rounding, out: torch.Tensor | None,
+) -> torch.Tensor:
     stats, device = reader.stats, reader.device
     start = time.perf_counter()
     weight, scales, biases = (reader.read(t) for t in (module.weight, module.scales, module.biases))
@@ -108,7 +132,7 @@ def _dequantize(module: QuantizedModule, reader: ShardReader, dtype: torch.dtype
     stats.read_s += read_end - start
     p = module.params
     dense = dequantize_affine(
-        weight, scales, biases, bits=p.bits, group_size=p.group_size, dtype=dtype, rounding=rounding
+        weight, scales, biases, bits=p.bits, group_size=p.group_size, dtype=dtype, rounding=rounding, out=out
     )
     _synchronize(device)
     stats.dequant_s += time.perf_counter() - read_end

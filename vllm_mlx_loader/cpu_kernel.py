@@ -1,0 +1,80 @@
+"""The fused CPU dequantization kernel (`_cdequant.c`), split by rows over torch's CPU threads.
+
+Optional: `setup.py` builds it where a C compiler is found, and `dequant.py` uses the torch path when it is
+missing or when a case is outside what it handles (float16 output, two roundings in float16). It computes what
+the torch path computes, bit for bit, in one pass over memory instead of about ten.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+try:
+    from . import _cdequant
+except ImportError:  # no compiler at install time
+    _cdequant = None
+
+_KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+_OUT_KINDS = (torch.float32, torch.bfloat16)
+_HUGE_PAGES_FROM = 1 << 22  # smaller outputs come from malloc's heap, not their own mapping
+_pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, threads, pool)
+
+
+def available() -> bool:
+    return _cdequant is not None
+
+
+def supports(params: torch.dtype, out: torch.dtype, group_size: int, rounding: str) -> bool:
+    """Whether the kernel handles this case (any bits 1-8; `rounding` as in `dequant.dequantize_affine`)."""
+    two_roundings = rounding == "mlx_cpu" and params != torch.float32
+    return (
+        _cdequant is not None and params in _KINDS and out in _OUT_KINDS and group_size <= 512
+        and (not two_roundings or params == torch.bfloat16)
+    )
+
+
+def empty_advised(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """`torch.empty` on the CPU, backed by 2 MiB pages where the OS allows (Linux THP `madvise` mode): one
+    page fault per 2 MiB instead of per 4 KiB, 3x faster to fill a fresh output here."""
+    out = torch.empty(shape, dtype=dtype)
+    nbytes = out.numel() * out.element_size()
+    if _cdequant is not None and nbytes >= _HUGE_PAGES_FROM:
+        _cdequant.advise_hugepages(out.data_ptr(), nbytes)
+    return out
+
+
+def dequantize(
+    w: torch.Tensor, s: torch.Tensor, b: torch.Tensor, bits: int, group_size: int, dtype: torch.dtype,
+    rounding: str, out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`[rows, words]` int32 codes and `[rows, groups]` scales and biases of one dtype → `[rows, in_features]`
+    (into `out`, contiguous, if given)."""
+    w, s, b = w.contiguous(), s.contiguous(), b.contiguous()
+    rows = w.shape[0]
+    out = empty_advised((rows, s.shape[1] * group_size), dtype) if out is None else out
+    nbytes = out.numel() * out.element_size()
+    args = (w.shape[1] * 4, bits, group_size, _KINDS[s.dtype], _KINDS[dtype],
+            int(rounding == "mlx_cpu" and s.dtype != torch.float32))
+
+    def run(first: int, last: int) -> None:
+        _cdequant.dequant(w[first].data_ptr(), s[first].data_ptr(), b[first].data_ptr(), out[first].data_ptr(),
+                          last - first, *args)
+
+    threads = min(torch.get_num_threads(), rows, max(1, nbytes >> 20))  # ~1 MiB of output per thread at least
+    bounds = [rows * i // threads for i in range(threads + 1)]
+    if threads == 1:
+        run(0, rows)
+    else:
+        list(_threads(threads).map(run, bounds[:-1], bounds[1:]))
+    return out
+
+
+def _threads(n: int) -> ThreadPoolExecutor:
+    """A pool of at least `n` threads, made again after a fork (a forked pool has no threads)."""
+    global _pool
+    if _pool is None or _pool[0] != os.getpid() or _pool[1] < n:
+        _pool = (os.getpid(), n, ThreadPoolExecutor(n, thread_name_prefix="mlx-dequant"))
+    return _pool[2]
