@@ -16,6 +16,8 @@ try:
     from . import _cdequant
 except ImportError:  # no compiler at install time
     _cdequant = None
+if os.environ.get("VLLM_MLX_LOADER_NO_C_KERNEL", "0") not in ("", "0"):  # to compare, or to rule it out
+    _cdequant = None
 
 _KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _OUT_KINDS = (torch.float32, torch.bfloat16)

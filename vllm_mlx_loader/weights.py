@@ -95,7 +95,7 @@ def iter_dense_weights(
     """
     device = torch.device(device)
     stats = stats if stats is not None else LoadStats()
-    buffers = OutputBuffers(_buffer_capacity(ckpt, dtype)) if device.type == "cpu" else None
+    buffers = OutputBuffers(buffer_capacity(ckpt, dtype)) if device.type == "cpu" else None
     with ShardReader(device, stats) as reader:
         try:
             for entry in ckpt.entries:
@@ -114,7 +114,7 @@ def iter_dense_weights(
                 buffers.release()
 
 
-def _buffer_capacity(ckpt: MLXCheckpoint, dtype: torch.dtype, limit: int = 1 << 28) -> int:
+def buffer_capacity(ckpt: MLXCheckpoint, dtype: torch.dtype, limit: int = 1 << 28) -> int:
     """The largest dense module up to `limit` (256 MiB): the layers' projections share buffers, while the
     rare larger tensors (embeddings, lm_head) get their own memory rather than pin 3x their size."""
     sizes = [math.prod(m.shape) * dtype.itemsize for m in ckpt.quantized]
