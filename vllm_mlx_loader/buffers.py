@@ -1,11 +1,11 @@
 """CPU memory for dense weights, reused once the consumer has let go of it.
 
-A fresh multi-MB tensor costs the kernel a zeroed page per fault, which on the CPU took longer than the
-dequantization itself (8B shape: 3.5 s of system time per pass). vLLM copies each yielded weight into its
-own parameter and drops it, so a few buffers can serve the whole load. A buffer is handed out again only
-when nothing but this pool references its storage (any tensor or view still alive anywhere keeps it busy),
-so a consumer that keeps what it was given (the converter's shard dict, a test's dict) gets fresh memory
-instead, never overwritten data.
+Every page of a fresh multi-MB tensor is faulted in and zeroed by the OS, which here took longer than the
+dequantization itself (8B shape: up to 3.5 s of system time per pass). vLLM copies each yielded weight into
+its own parameter and drops it, so a few buffers can serve the whole load. A buffer is handed out again
+only when nothing but this pool references its storage (any tensor or view still alive anywhere keeps it
+busy), so a consumer that keeps what it was given (a dict of all weights, say) gets fresh memory instead,
+never overwritten data.
 """
 
 from __future__ import annotations
