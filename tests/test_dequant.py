@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 
 from vllm_mlx_loader import cpu_kernel
 from vllm_mlx_loader.dequant import dequantize_affine, dequantize_blocks, dequantize_whole, unpack_codes
@@ -119,3 +123,15 @@ def test_every_fixture_tensor_matches_mx_dequantize(checkpoints) -> None:
                 assert within_one_ulp(fused, want, packed, p.bits, p.group_size), (name, module.path)
                 checked += 1
     assert checked == sum(len(read_checkpoint(p).quantized) for p in checkpoints.values()) > 200
+
+
+@pytest.mark.skipif(
+    not (shutil.which("aarch64-linux-gnu-gcc") and shutil.which("qemu-aarch64")),
+    reason="needs Debian's gcc-aarch64-linux-gnu and qemu-user",
+)
+def test_c_kernel_gives_the_same_bytes_on_aarch64() -> None:
+    """The reference deployment's hosts are aarch64: the kernel built for them, run under qemu, must write
+    what the x86-64 build (checked against the torch path above) writes."""
+    run = subprocess.run(["bash", str(REPO / "scripts" / "kernel_crosscheck.sh")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "all 192 cases give the same bytes" in run.stdout

@@ -9,8 +9,10 @@
  * is missing, dequant.py falls back to the torch path, which the tests compare this against bit for bit.
  * Must be compiled with -ffp-contract=off (an FMA would round once where torch rounds twice).
  */
+#ifndef KERNEL_ONLY /* scripts/kernel_crosscheck.c builds the kernel alone, for other architectures */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#endif
 #include <stdint.h>
 #include <string.h>
 #ifdef __linux__
@@ -127,6 +129,7 @@ static void dequant_rows(const uint8_t *w, const void *s, const void *b, void *o
     }
 }
 
+#ifndef KERNEL_ONLY
 static PyObject *dequant(PyObject *Py_UNUSED(self), PyObject *args) {
     unsigned long long w, s, b, out;
     long long rows, row_bytes, group_size;
@@ -134,7 +137,7 @@ static PyObject *dequant(PyObject *Py_UNUSED(self), PyObject *args) {
     if (!PyArg_ParseTuple(args, "KKKKLLiLiii", &w, &s, &b, &out, &rows, &row_bytes, &bits, &group_size,
                           &param_kind, &out_kind, &two_roundings))
         return NULL;
-    if (bits < 1 || bits > 8 || group_size < 1 || group_size > 512 || (row_bytes * 8) % bits != 0 ||
+    if (bits < 1 || bits > 8 || group_size < 8 || group_size > 512 || group_size % 8 != 0 || (row_bytes * 8) % bits != 0 ||
         ((row_bytes * 8) / bits) % group_size != 0 || param_kind < 0 || param_kind > 2 ||
         (out_kind != KIND_F32 && out_kind != KIND_BF16) || (two_roundings && param_kind != KIND_BF16)) {
         PyErr_SetString(PyExc_ValueError, "_cdequant.dequant: unsupported arguments");
@@ -172,3 +175,4 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cdequant", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__cdequant(void) { return PyModule_Create(&module); }
+#endif

@@ -30,10 +30,11 @@ def available() -> bool:
 
 
 def supports(params: torch.dtype, out: torch.dtype, group_size: int, rounding: str) -> bool:
-    """Whether the kernel handles this case (any bits 1-8; `rounding` as in `dequant.dequantize_affine`)."""
+    """Whether the kernel handles this case (any bits 1-8, group sizes that are multiples of 8 up to 512;
+    `rounding` as in `dequant.dequantize_affine`)."""
     two_roundings = rounding == "mlx_cpu" and params != torch.float32
     return (
-        _cdequant is not None and params in _KINDS and out in _OUT_KINDS and group_size <= 512
+        _cdequant is not None and params in _KINDS and out in _OUT_KINDS and group_size <= 512 and group_size % 8 == 0
         and (not two_roundings or params == torch.bfloat16)
     )
 
