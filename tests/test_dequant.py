@@ -84,7 +84,7 @@ def test_c_kernel_equals_the_torch_path_bit_for_bit(bits: int, params: torch.dty
         s = (torch.randn(rows, in_features // group_size, generator=gen) * 10 ** torch.randint(-4, 3, (1,))).to(params)
         b = (torch.randn(rows, in_features // group_size, generator=gen) * 3).to(params)
         for rounding in ("fused", "mlx_cpu"):
-            if not cpu_kernel.supports(params, out, group_size, rounding):
+            if not cpu_kernel.supports(params, params, out, group_size, rounding):
                 assert params == torch.float16 and rounding == "mlx_cpu"
                 continue
             got = cpu_kernel.dequantize(w, s, b, bits, group_size, out, rounding)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from .dequant import ROUNDINGS
 from .errors import MLXCheckpointError
 from .format import MLXCheckpoint, read_checkpoint, read_headers
-from .shard_writer import ShardWriter
+from .shard_writer import SAFETENSORS_DTYPES, ShardWriter
 from .weights import iter_dense_weights
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -125,7 +125,7 @@ def convert(
 def verify(directory: Path, ckpt: MLXCheckpoint, weight_map: dict[str, str], dtype: torch.dtype) -> None:
     """Re-read every written shard's header: each weight once, where the index says, right shape and dtype."""
     found = read_headers(tuple(sorted(directory.glob("*.safetensors"))))
-    want_dtype = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}[dtype]
+    want_dtype = SAFETENSORS_DTYPES[dtype]
     for entry in ckpt.entries:
         ref = found.pop(entry.name, None)
         got = None if ref is None else (ref.file.name, ref.dtype, ref.shape)

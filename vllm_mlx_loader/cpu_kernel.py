@@ -29,14 +29,21 @@ def available() -> bool:
     return _cdequant is not None
 
 
-def supports(params: torch.dtype, out: torch.dtype, group_size: int, rounding: str) -> bool:
-    """Whether the kernel handles this case (any bits 1-8, group sizes that are multiples of 8 up to 512;
-    `rounding` as in `dequant.dequantize_affine`)."""
-    two_roundings = rounding == "mlx_cpu" and params != torch.float32
+def supports(
+    scales: torch.dtype, biases: torch.dtype, out: torch.dtype, group_size: int, rounding: str
+) -> bool:
+    """Whether the kernel handles this case (any bits 1-8, group sizes that are multiples of 8 up to 512,
+    scales and biases of one dtype; `rounding` as in `dequant.dequantize_affine`)."""
     return (
-        _cdequant is not None and params in _KINDS and out in _OUT_KINDS and group_size <= 512 and group_size % 8 == 0
-        and (not two_roundings or params == torch.bfloat16)
+        _cdequant is not None and scales in _KINDS and biases == scales and out in _OUT_KINDS
+        and group_size <= 512 and group_size % 8 == 0
+        and (not _two_roundings(rounding, scales) or scales == torch.bfloat16)
     )
+
+
+def _two_roundings(rounding: str, scales: torch.dtype) -> bool:
+    # `mlx_cpu` rounds in the scales' dtype; in float32 that is the same arithmetic as `fused`
+    return rounding == "mlx_cpu" and scales != torch.float32
 
 
 def empty_advised(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -59,8 +66,7 @@ def dequantize(
     rows = w.shape[0]
     out = empty_advised((rows, s.shape[1] * group_size), dtype) if out is None else out
     nbytes = out.numel() * out.element_size()
-    args = (w.shape[1] * 4, bits, group_size, _KINDS[s.dtype], _KINDS[dtype],
-            int(rounding == "mlx_cpu" and s.dtype != torch.float32))
+    args = (w.shape[1] * 4, bits, group_size, _KINDS[s.dtype], _KINDS[dtype], int(_two_roundings(rounding, s.dtype)))
 
     def run(first: int, last: int) -> None:
         _cdequant.dequant(w[first].data_ptr(), s[first].data_ptr(), b[first].data_ptr(), out[first].data_ptr(),

@@ -91,7 +91,7 @@ def dequantize_affine(
     if weight.device.type != "cpu":
         dense = dequantize_whole(w, s, b, bits, group_size, dtype, rounding)
         dense = dense if out is None else flat_out.copy_(dense)
-    elif cpu_kernel.supports(s.dtype, dtype, group_size, rounding) and b.dtype == s.dtype:
+    elif cpu_kernel.supports(s.dtype, b.dtype, dtype, group_size, rounding):
         dense = cpu_kernel.dequantize(w, s, b, bits, group_size, dtype, rounding, flat_out)
     else:
         dense = dequantize_blocks(w, s, b, bits, group_size, dtype, rounding, flat_out)

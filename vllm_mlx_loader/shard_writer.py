@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
+SAFETENSORS_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
 
 
 class ShardWriter:
@@ -26,10 +26,10 @@ class ShardWriter:
         self._order = [name for name, _ in layout]
         self._shapes = dict(layout)
         header: dict[str, object] = {"__metadata__": metadata or {"format": "pt"}}
-        offset = 0
+        offset, kind = 0, SAFETENSORS_DTYPES[dtype]
         for name, shape in layout:
             nbytes = math.prod(shape) * dtype.itemsize
-            header[name] = {"dtype": _DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            header[name] = {"dtype": kind, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
             offset += nbytes
         text = json.dumps(header, separators=(",", ":")).encode()
         text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
