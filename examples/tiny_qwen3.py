@@ -185,10 +185,10 @@ def build_variant(root: Path, name: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--variants", nargs="+", default=["q4g128"], choices=sorted(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=["q4g128"], choices=[*sorted(VARIANTS), "all"])
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    for name in args.variants:
+    for name in sorted(VARIANTS) if "all" in args.variants else args.variants:
         path = build_variant(args.out_dir, name)
         print(json.dumps({"variant": name, "path": str(path)}))
     return 0

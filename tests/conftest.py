@@ -27,6 +27,13 @@ PROMPTS = [
 ]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # `vllm`: the tests CI also runs on vLLM 0.18 (transformers 4.57): every one that starts vLLM
+    for item in items:
+        if item.get_closest_marker("engine") or item.get_closest_marker("server"):
+            item.add_marker(pytest.mark.vllm)
+
+
 @pytest.fixture(scope="session")
 def checkpoints() -> dict[str, Path]:
     """Every variant of tiny_qwen3, written by the real `mlx_lm.convert`."""
@@ -38,6 +45,35 @@ def checkpoints() -> dict[str, Path]:
 def bf16_source(checkpoints: dict[str, Path]) -> Path:
     """The BF16 Hugging Face checkpoint the untied variants were converted from."""
     return FIXTURES / "_hf" / "untied"
+
+
+@pytest.fixture(scope="session")
+def tokenizer(checkpoints):
+    """The fixtures' tokenizer (saved by transformers 5; read on 4.x too)."""
+    from vllm_mlx_loader.hf_compat import load_tokenizer
+
+    return load_tokenizer(checkpoints["q4g128"])
+
+
+def mlx_answer(path: Path, tokenizer, prompt_ids: list[int], max_tokens: int) -> tuple[str, str]:
+    """What MLX float32 greedy decoding answers, as vLLM reports it: (text, finish_reason).
+
+    The tiny model's training is not reproducible across CPUs and library versions, so tests compare with
+    MLX on the same checkpoint instead of hard-coding what it says.
+    """
+    from vllm_mlx_loader.mlx_reference import greedy_float32
+
+    (generation,) = greedy_float32(path, [prompt_ids], max_tokens)
+    ids = generation.token_ids
+    if tokenizer.eos_token_id in ids:
+        return tokenizer.decode(ids[: ids.index(tokenizer.eos_token_id)], skip_special_tokens=True), "stop"
+    return tokenizer.decode(ids, skip_special_tokens=True), "length"
+
+
+def chat_prompt_ids(tokenizer, messages: list[dict], **template_kwargs) -> list[int]:
+    """Token ids of a chat turn rendered by the checkpoint's template, as vLLM's chat endpoint builds them."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **template_kwargs)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def engine_kwargs(**overrides):

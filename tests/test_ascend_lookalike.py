@@ -1,7 +1,7 @@
 """The unmodified MLX config.json on Ascend, proven on CPU.
 
 vllm-ascend's ModelSlim config claims *any* quantization_config without `quant_method` when an NPU is
-present, and model init then fails (../shared/vllm-notes.md §2). A look-alike registered here claims
+present, and model init then fails (docs/compatibility.md). A look-alike registered here claims
 configs exactly the same way; the plugin must still load the checkpoint, by itself, with no extra flags.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import engine_kwargs, shutdown
+from conftest import engine_kwargs, mlx_answer, shutdown
 
 pytestmark = pytest.mark.engine
 NAME = "ascend-lookalike"
@@ -61,13 +61,14 @@ def test_lookalike_claims_the_raw_mlx_config(ascend_lookalike, checkpoints) -> N
     assert ModelConfig(model=str(checkpoints["q4g64"])).quantization == ascend_lookalike
 
 
-def test_plugin_loads_the_mlx_checkpoint_despite_the_lookalike(ascend_lookalike, checkpoints) -> None:
+def test_plugin_loads_the_mlx_checkpoint_despite_the_lookalike(ascend_lookalike, checkpoints, tokenizer) -> None:
     from vllm import LLM, SamplingParams
 
+    prompt = tokenizer("The capital of Italy is")["input_ids"]
     llm = LLM(model=str(checkpoints["q4g64"]), load_format="mlx-4bit", **engine_kwargs())
     try:
         assert llm.llm_engine.model_config.quantization is None
-        out = llm.generate(["The capital of Italy is"], SamplingParams(temperature=0, max_tokens=3), use_tqdm=False)
+        out = llm.generate([{"prompt_token_ids": prompt}], SamplingParams(temperature=0, max_tokens=3), use_tqdm=False)
     finally:
         shutdown(llm)
-    assert out[0].outputs[0].text == " Rome."
+    assert out[0].outputs[0].text == mlx_answer(checkpoints["q4g64"], tokenizer, prompt, 3)[0]

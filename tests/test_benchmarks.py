@@ -37,7 +37,7 @@ def test_synthetic_checkpoint_has_the_layout_mlx_lm_writes(checkpoints, tmp_path
 
 
 def test_8b_shape_matches_the_published_checkpoint_size() -> None:
-    # Qwen/Qwen3-8B-MLX-4bit: 4,351,884,216 bytes, of which 4,351,780,864 tensor data (../shared/mlx-format.md)
+    # Qwen/Qwen3-8B-MLX-4bit: 4,351,884,216 bytes, of which 4,351,780,864 tensor data (docs/format.md)
     config = synthetic_checkpoint.config_for("qwen3-8b", 4, 128)
     total = 0
     for _, (out_f, *rest), quantized in synthetic_checkpoint.dense_shapes(config):

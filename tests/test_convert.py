@@ -74,30 +74,35 @@ def test_sharded_output_has_a_correct_index(checkpoints, tmp_path) -> None:
     assert len(index["weight_map"]) == 4 * 11 + 2 and "lm_head.weight" not in index["weight_map"]  # tied
 
 
-def test_output_loads_in_transformers_and_greedy_text_is_right(checkpoints, tmp_path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def test_output_loads_in_transformers_and_greedy_text_equals_mlx(checkpoints, tmp_path) -> None:
+    from conftest import mlx_answer
+    from transformers import AutoModelForCausalLM
+
+    from vllm_mlx_loader.hf_compat import load_tokenizer
 
     dst = convert(checkpoints["tied"], tmp_path / "hf", progress=False)
     model = AutoModelForCausalLM.from_pretrained(dst)
-    tok = AutoTokenizer.from_pretrained(dst)
+    tok = load_tokenizer(dst)
     ids = tok("The capital of Spain is", return_tensors="pt")["input_ids"]
     out = model.generate(ids, max_new_tokens=3, do_sample=False)
-    assert tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True) == " Madrid."
+    expected, _ = mlx_answer(checkpoints["tied"], tok, ids[0].tolist(), 3)
+    assert tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True) == expected
 
 
 @pytest.mark.engine
-def test_output_loads_in_stock_vllm(checkpoints, tmp_path) -> None:
-    from conftest import engine_kwargs, shutdown
+def test_output_loads_in_stock_vllm(checkpoints, tmp_path, tokenizer) -> None:
+    from conftest import engine_kwargs, mlx_answer, shutdown
     from vllm import LLM, SamplingParams
 
     dst = convert(checkpoints["q4g128"], tmp_path / "hf", progress=False)
+    prompt = tokenizer("The capital of Peru is")["input_ids"]
     llm = LLM(model=str(dst), **engine_kwargs())  # the default loader: a plain BF16 checkpoint
     try:
         assert llm.llm_engine.vllm_config.load_config.load_format == "auto"
-        out = llm.generate(["The capital of Peru is"], SamplingParams(temperature=0, max_tokens=3), use_tqdm=False)
+        out = llm.generate([{"prompt_token_ids": prompt}], SamplingParams(temperature=0, max_tokens=3), use_tqdm=False)
     finally:
         shutdown(llm)
-    assert out[0].outputs[0].text == " Lima."
+    assert out[0].outputs[0].text == mlx_answer(checkpoints["q4g128"], tokenizer, prompt, 3)[0]
 
 
 def test_refuses_to_overwrite_without_force(checkpoints, tmp_path, capsys) -> None:

@@ -12,6 +12,8 @@ from torch import nn
 
 from vllm_mlx_loader.errors import MLXCheckpointError
 
+pytestmark = pytest.mark.vllm
+
 
 def test_entry_point_imports_and_registers_both_formats() -> None:
     (ep,) = [e for e in entry_points(group="vllm.general_plugins") if e.name == "mlx_loader"]
@@ -52,6 +54,29 @@ def test_hook_keeps_other_hf_overrides(checkpoints) -> None:
     args = EngineArgs(model=str(checkpoints["q4g64"]), load_format="mlx", hf_overrides={"max_window_layers": 3})
     prepare_engine_args(args)
     assert args.hf_overrides == {"max_window_layers": 3, "quantization_config": None}
+
+
+def set_window(config):
+    """A user's own hf_overrides function (module level, so vLLM can pickle it into its processes)."""
+    config.max_window_layers = 3
+    return config
+
+
+def test_hook_wraps_a_callable_hf_overrides_and_the_config_serialises(checkpoints) -> None:
+    import pickle
+
+    from vllm.engine.arg_utils import EngineArgs
+
+    for overrides in (set_window, {"max_window_layers": 3}):
+        config = EngineArgs(model=str(checkpoints["q4g64"]), load_format="mlx", hf_overrides=overrides)
+        config = config.create_model_config()
+        assert config.quantization is None and config.hf_config.max_window_layers == 3
+        # no quantization_config at all: transformers 4.x cannot serialise a None one, and vLLM does at start
+        assert "quantization_config" not in vars(config.hf_config)
+        assert "quantization_config" not in config.hf_config.to_dict()
+        config.hf_config.to_diff_dict()
+        config.hf_config.to_json_string()
+        assert pickle.loads(pickle.dumps(config)).hf_config.max_window_layers == 3
 
 
 def test_hook_leaves_other_checkpoints_alone(bf16_source) -> None:

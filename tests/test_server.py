@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
+from conftest import chat_prompt_ids, mlx_answer
 
 pytestmark = pytest.mark.server
 STARTUP_S = 400
@@ -32,14 +36,23 @@ def server_command(model: str, port: int) -> list[str]:
     ]
 
 
-@pytest.fixture(scope="module")
-def server(checkpoints, tmp_path_factory):
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """SIGINT the server's process group, SIGKILL whatever is left; a group that is already gone is fine."""
+    with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@contextlib.contextmanager
+def running_server(model: str, log_path: Path) -> Iterator[str]:
+    """Start the server, wait until /health answers, yield its base URL; fail with its log if it exits."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            server_command(str(checkpoints["q4g128"]), port), stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            server_command(model, port), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + STARTUP_S
@@ -47,47 +60,59 @@ def server(checkpoints, tmp_path_factory):
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
+            with contextlib.suppress(requests.ConnectionError):
                 if requests.get(f"{base}/health", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
-                pass
             if time.monotonic() > deadline:
                 pytest.fail(f"server not ready after {STARTUP_S} s:\n{log_path.read_text()[-4000:]}")
             time.sleep(2)
-        yield base, log_path
+        yield base
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc)
 
 
-def test_completions(server) -> None:
+@pytest.fixture(scope="module")
+def server(checkpoints, tmp_path_factory):
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    with running_server(str(checkpoints["q4g128"]), log_path) as base:
+        yield base, log_path
+
+
+def test_completions_equal_mlx(server, checkpoints, tokenizer) -> None:
     base, _ = server
     model = requests.get(f"{base}/v1/models", timeout=10).json()["data"][0]["id"]
+    prompt = "The capital of France is"
     reply = requests.post(
         f"{base}/v1/completions",
-        json={"model": model, "prompt": "The capital of France is", "max_tokens": 3, "temperature": 0},
+        json={"model": model, "prompt": prompt, "max_tokens": 3, "temperature": 0},
         timeout=60,
     ).json()
-    assert reply["choices"][0]["text"] == " Paris."
+    expected, _ = mlx_answer(checkpoints["q4g128"], tokenizer, tokenizer(prompt)["input_ids"], 3)
+    assert reply["choices"][0]["text"] == expected
 
 
-def test_chat_completions_use_the_checkpoint_chat_template(server) -> None:
+def test_chat_completions_use_the_checkpoint_chat_template(server, checkpoints, tokenizer) -> None:
     base, log_path = server
     model = requests.get(f"{base}/v1/models", timeout=10).json()["data"][0]["id"]
+    messages = [{"role": "user", "content": "What is the capital of Japan?"}]
     reply = requests.post(
         f"{base}/v1/chat/completions",
         json={
-            "model": model, "temperature": 0, "max_tokens": 20,
-            "messages": [{"role": "user", "content": "What is the capital of Japan?"}],
+            "model": model, "temperature": 0, "max_tokens": 20, "messages": messages,
             "chat_template_kwargs": {"enable_thinking": False},
         },
         timeout=60,
     ).json()
-    assert reply["choices"][0]["message"]["content"] == "The capital of Japan is Tokyo."
-    assert reply["choices"][0]["finish_reason"] == "stop"
+    prompt = chat_prompt_ids(tokenizer, messages, enable_thinking=False)
+    text, finish_reason = mlx_answer(checkpoints["q4g128"], tokenizer, prompt, 20)
+    assert reply["usage"]["prompt_tokens"] == len(prompt)  # the checkpoint's template, thinking switched off
+    assert reply["choices"][0]["message"]["content"] == text
+    assert reply["choices"][0]["finish_reason"] == finish_reason
     assert "Loaded MLX checkpoint" in log_path.read_text()
+
+
+def test_a_server_that_cannot_start_fails_with_its_log(bf16_source, tmp_path) -> None:
+    # the server exits before it listens; the failure must carry its log, not a teardown error
+    with pytest.raises(pytest.fail.Exception, match=r"server exited with 1:(.|\n)*is not an MLX-quantized"), \
+            running_server(str(bf16_source), tmp_path / "server.log"):
+        pass

@@ -1,7 +1,8 @@
 """Serve MLX-quantized checkpoints (mlx-community, `*-MLX-4bit`) with vLLM on Linux GPUs, NPUs and CPUs.
 
 vLLM finds this package through its `vllm.general_plugins` entry point and calls `register()`, which
-adds the load formats `mlx-4bit` and `mlx`. Importing the package imports neither vLLM nor torch.
+adds the load formats `mlx-4bit` and `mlx` and lets transformers 4.x read tokenizers saved by
+transformers 5. Importing the package imports neither vLLM nor torch.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ def register() -> None:
     if _REGISTERED:
         return
     from . import engine_hook
+    from .hf_compat import teach_tokenizers_backend
     from .loader import register_loader
 
     register_loader()
     engine_hook.install()
+    teach_tokenizers_backend()  # vLLM loads the tokenizer in this process too
     _REGISTERED = True

@@ -2,10 +2,12 @@
 
 An MLX `config.json` carries `quantization_config` without `quant_method`. Plain vLLM then treats the
 model as unquantized, but vllm-ascend's ModelSlim config claims any such config on an NPU and model
-init fails (../shared/vllm-notes.md §2). The weights reach the model dense, so the right answer on
-every platform is "no quantization": the hook adds `hf_overrides={"quantization_config": None}`.
-It also checks a local checkpoint up front, so a bad one fails before any worker starts, and picks
-the MLX load format for an MLX checkpoint given with the default `--load-format auto`.
+init fails (docs/compatibility.md). The weights reach the model dense, so the right answer on every
+platform is "no quantization config": the hook adds `hf_overrides={"quantization_config": None}` to a
+dict (or wraps a callable), and removes the attribute from the built config, which transformers 4.x
+cannot serialise while it is None (`hf_compat`). It also checks a local checkpoint up front, so a bad
+one fails before any worker starts, and picks the MLX load format for an MLX checkpoint given with the
+default `--load-format auto`.
 """
 
 from __future__ import annotations
@@ -18,11 +20,25 @@ from typing import Any
 from vllm.logger import init_logger
 
 from .format import is_mlx_checkpoint, read_checkpoint
+from .hf_compat import QUANTIZATION_CONFIG, WithoutQuantizationConfig, drop_quantization_config
 from .loader import LOAD_FORMATS
 
 logger = init_logger("vllm.mlx_loader")
 
 _SENTINEL = "_vllm_mlx_loader_hook"
+
+
+def without_quantization_config(overrides: Any) -> Any:
+    """The user's `hf_overrides` (a dict, a callable or None) plus "no quantization config".
+
+    A dict stays a dict, because vLLM reads some keys of a dict override elsewhere (`max_model_len`,
+    `model_type`); a callable is wrapped.
+    """
+    if isinstance(overrides, WithoutQuantizationConfig):
+        return overrides
+    if callable(overrides):
+        return WithoutQuantizationConfig(overrides)
+    return {**(overrides or {}), QUANTIZATION_CONFIG: None}
 
 
 def prepare_engine_args(args: Any) -> None:
@@ -35,13 +51,7 @@ def prepare_engine_args(args: Any) -> None:
         return
     if local is not None:
         read_checkpoint(local)  # raises MLXCheckpointError naming the file and tensor
-    if callable(args.hf_overrides):
-        logger.warning(
-            "hf_overrides is a function; vllm-mlx-loader cannot add quantization_config=None to it. "
-            "On Ascend, make it set quantization_config to None for MLX checkpoints."
-        )
-        return
-    args.hf_overrides = {**(args.hf_overrides or {}), "quantization_config": None}
+    args.hf_overrides = without_quantization_config(args.hf_overrides)
 
 
 def install() -> None:
@@ -55,7 +65,10 @@ def install() -> None:
     @functools.wraps(original)
     def create_model_config(self: EngineArgs):  # type: ignore[no-untyped-def]
         prepare_engine_args(self)
-        return original(self)
+        model_config = original(self)
+        if self.load_format in LOAD_FORMATS:
+            drop_quantization_config(model_config.hf_config)
+        return model_config
 
     setattr(create_model_config, _SENTINEL, True)
     EngineArgs.create_model_config = create_model_config  # type: ignore[method-assign]

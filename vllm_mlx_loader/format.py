@@ -3,7 +3,7 @@
 A module `P` is quantized iff `P.scales` exists (mlx-lm's own rule); its parameters come from
 `config["quantization"]` (or `quantization_config`), where a per-module entry `config["quantization"][P]`
 (a dict, or `false`) overrides the global one. Everything is cross-checked against the tensor shapes
-and the model's sizes before any tensor is read. See ../shared/mlx-format.md for the format.
+and the model's sizes before any tensor is read. docs/format.md describes the format.
 """
 
 from __future__ import annotations

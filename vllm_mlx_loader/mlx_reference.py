@@ -22,9 +22,9 @@ class Generation:
 
 def load_float32(model_dir: str | Path) -> Any:
     import mlx.core as mx
-    from mlx_lm import load
+    from mlx_lm.utils import load_model
 
-    model, _ = load(str(model_dir))
+    model, _ = load_model(Path(model_dir))  # no tokenizer: callers pass token ids
     model.set_dtype(mx.float32)  # floating tensors only: packed codes stay, scales/biases become float32
     return model
 

@@ -37,6 +37,7 @@ import torch
 from . import accuracy, report
 from .errors import MLXCheckpointError
 from .format import MLXCheckpoint, read_checkpoint
+from .hf_compat import load_tokenizer
 
 DEFAULT_PROMPTS = [
     "What is the capital of France?",
@@ -198,15 +199,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def validate(args: argparse.Namespace, gates: accuracy.Gates) -> int:
-    from transformers import AutoTokenizer
-
     ckpt = read_checkpoint(args.model)
     use_mlx = not args.no_mlx and _mlx_available()
     if args.no_torch_reference and not use_mlx:
         raise MLXCheckpointError("validate", "no reference left: MLX is not installed and --no-torch-reference given.")
     if not args.no_torch_reference:
         check_memory_for_reference(ckpt)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    tokenizer = load_tokenizer(args.model)
     chat = bool(tokenizer.chat_template) if args.chat is None else args.chat
     texts = read_prompts(args.prompts)
     max_len = ckpt.config.get("max_position_embeddings", 0)
