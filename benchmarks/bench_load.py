@@ -21,11 +21,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import psutil
+from measure import TreeRSS
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD = r'''
@@ -56,32 +55,22 @@ if __name__ == "__main__":
 '''
 
 
+# `python -m mlx_lm convert`, able to read tokenizers saved by transformers 5 under transformers 4.x too
+MLX_LM_CONVERT = (
+    "import sys; from vllm_mlx_loader.hf_compat import teach_tokenizers_backend; teach_tokenizers_backend(); "
+    "from mlx_lm.convert import main; sys.argv[0] = 'mlx_lm.convert'; main()"
+)
+
+
 def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
     """Run `cmd`; return (wall seconds, peak RSS of its process tree in GiB, output)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    peak = 0
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        root = psutil.Process(proc.pid)
-        while not done.is_set():
-            try:
-                procs = [root, *root.children(recursive=True)]
-                peak = max(peak, sum(p.memory_info().rss for p in procs))
-            except psutil.Error:
-                pass
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    output, _ = proc.communicate()
-    done.set()
-    sampler.join()
+    with TreeRSS(proc.pid) as rss:
+        output, _ = proc.communicate()
     if proc.returncode:
         raise RuntimeError(f"{cmd} failed:\n{output[-3000:]}")
-    return time.perf_counter() - start, peak / 2**30, output
+    return time.perf_counter() - start, rss.peak / 2**30, output
 
 
 def load_once(model: Path, load_format: str, serve_trials: int) -> dict:
@@ -118,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         two_step_dir = Path(tmp) / "mlx-d"
         warm(args.model)
         convert_s, convert_rss, _ = run_measured([
-            sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(args.model), "--mlx-path", str(two_step_dir),
-            "-d",
+            sys.executable, "-c", MLX_LM_CONVERT, "--hf-path", str(args.model), "--mlx-path", str(two_step_dir), "-d",
         ])
         print(f"mlx_lm.convert -d: {convert_s:.1f} s, peak RSS {convert_rss:.2f} GiB", flush=True)
         runs: dict[str, list[dict]] = {"mlx-4bit": [], "bf16": []}

@@ -68,3 +68,29 @@ def test_load_benchmark_smoke(checkpoints, tmp_path, capsys) -> None:
     assert "ratio" in out and "two-step" in out
     summary = json.loads((tmp_path / "r.json").read_text())["summary"]
     assert summary["mlx_ready_s"] > 0 and summary["bf16_ready_s"] > 0
+
+
+@pytest.mark.engine
+def test_validate_benchmark_smoke(checkpoints, tmp_path, capsys) -> None:
+    import bench_validate
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The capital of France is\nCounting: one, two,\n")
+    out = tmp_path / "r.json"
+    argv = [str(checkpoints["q4g128"]), "--json", str(out), "--", "--prompts", str(prompts), "--max-tokens", "4",
+            "--enforce-eager", "--gpu-memory-utilization", "0.3"]
+    assert bench_validate.main(argv) == 0
+    assert "peak RSS" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["exit"] == 0 and set(result["phases"]) == {"setup", "device", "torch_fp32", "mlx_fp32", "report"}
+    assert all(p["peak_rss_gib"] > 0 for p in result["phases"].values())
+
+
+def test_device_dequant_benchmark_smoke(tmp_path, capsys) -> None:
+    import bench_device_dequant
+
+    out = tmp_path / "r.json"
+    assert bench_device_dequant.main(["--device", "cpu", "--shape", "tiny", "--json", str(out)]) == 0
+    assert "extra MiB" in capsys.readouterr().out
+    tensors = json.loads(out.read_text())["tensors"]
+    assert len(tensors) == 5 and all(t["extra_mib"] > 0 and t["whole_tensor"]["extra_mib"] > 0 for t in tensors)

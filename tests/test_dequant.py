@@ -11,7 +11,7 @@ import torch
 from conftest import REPO
 
 from vllm_mlx_loader import cpu_kernel
-from vllm_mlx_loader.dequant import dequantize_affine, dequantize_blocks, dequantize_whole, unpack_codes
+from vllm_mlx_loader.dequant import dequantize_affine, dequantize_blocks, dequantize_on_device, unpack_codes
 from vllm_mlx_loader.format import read_checkpoint
 from vllm_mlx_loader.weights import LoadStats, ShardReader
 
@@ -58,10 +58,10 @@ def test_synthetic_tensors_match_mx_dequantize(bits: int, group_size: int, src: 
     fused = dequantize_affine(*args, bits=bits, group_size=group_size, dtype=want.dtype)
     assert within_one_ulp(fused, want, args, bits, group_size)
     # every path computes the same bits: C kernel (used above where it applies), torch row blocks, and the
-    # accelerator path (whole tensor) run here on the CPU
+    # accelerator path (row blocks of the ops torch_npu runs) run here on the CPU
     flat = [a.reshape(-1, a.shape[-1]) for a in args]
     for rounding, result in (("mlx_cpu", exact), ("fused", fused)):
-        for path in (dequantize_blocks, dequantize_whole):
+        for path in (dequantize_blocks, dequantize_on_device):
             got = path(*flat, bits, group_size, want.dtype, rounding)
             assert torch.equal(got.reshape(result.shape), result), path.__name__
 
@@ -135,3 +135,95 @@ def test_c_kernel_gives_the_same_bytes_on_aarch64() -> None:
     run = subprocess.run(["bash", str(REPO / "scripts" / "kernel_crosscheck.sh")], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "all 192 cases give the same bytes" in run.stdout
+
+
+def four_bit(rows: int = 8, in_features: int = 128, group_size: int = 64):
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randint(-(2**31), 2**31 - 1, (rows, in_features * 4 // 32), dtype=torch.int32, generator=gen)
+    s = torch.randn(rows, in_features // group_size, generator=gen).to(torch.bfloat16)
+    return w, s, s.clone()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # a 4-bit tensor read as 2-bit: the C kernel used to write past its output and abort the process
+        ({"bits": 2}, r"weight has 16 packed columns, but 2 groups of 64 at bits=2 need 8"),
+        ({"bits": 8}, r"weight has 16 packed columns, but 2 groups of 64 at bits=8 need 32"),
+        ({"group_size": 32}, r"2 groups of 32 at bits=4 need 8"),
+        ({"bits": 7}, r"bits must be one of \(1, 2, 3, 4, 5, 6, 8\), got 7"),
+        ({"bits": 4.0}, r"bits must be one of"),
+        ({"group_size": 0}, r"group_size must be a positive int, got 0"),
+        ({"rounding": "up"}, r"rounding must be one of"),
+        ({"dtype": torch.int8}, r"dtype must be one of"),
+        # an out of the wrong dtype used to be filled with garbage
+        ({"out": torch.empty(8, 128, dtype=torch.float16)}, r"out must be a contiguous torch.bfloat16 tensor of shape "
+                                                            r"\[8, 128\] on cpu, got torch.float16 \[8, 128\]"),
+        ({"out": torch.empty(8, 64, dtype=torch.bfloat16)}, r"got torch.bfloat16 \[8, 64\]"),
+        ({"out": torch.empty(128, 8, dtype=torch.bfloat16).t()}, r"got a non-contiguous torch.bfloat16"),
+    ],
+)
+def test_inconsistent_arguments_raise_before_any_memory_is_touched(change, message) -> None:
+    w, s, b = four_bit()
+    kwargs = {"bits": 4, "group_size": 64, "dtype": torch.bfloat16, "rounding": "fused", "out": None, **change}
+    with pytest.raises(ValueError, match=message):
+        dequantize_affine(w, s, b, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        lambda w, s, b: (w[:, :8], s, b),  # fewer words than the scales need
+        lambda w, s, b: (w, s, b[:4]),  # biases for half the rows
+        lambda w, s, b: (w.float(), s, b),  # not packed codes
+        lambda w, s, b: (w, s.to(torch.int16), b),
+    ],
+)
+def test_inconsistent_tensors_raise(args) -> None:
+    with pytest.raises(ValueError, match="dequantize_affine: "):
+        dequantize_affine(*args(*four_bit()), bits=4, group_size=64)
+
+
+@pytest.mark.skipif(not cpu_kernel.available(), reason="the C kernel is not built")
+def test_the_kernel_entry_checks_its_own_arguments() -> None:
+    w, s, b = four_bit()
+    with pytest.raises(ValueError, match=r"got weight torch.int32 \[8, 16\], scales \[8, 2\], biases \[8, 2\] at bits=2"):  # noqa: E501
+        cpu_kernel.dequantize(w, s, b, 2, 64, torch.bfloat16, "fused")
+    with pytest.raises(ValueError, match=r"out must be a contiguous torch.bfloat16 \[8, 128\], got torch.float32"):
+        cpu_kernel.dequantize(w, s, b, 4, 64, torch.bfloat16, "fused", torch.empty(8, 128))
+    with pytest.raises(ValueError, match="unsupported case"):
+        cpu_kernel.dequantize(w, s, b, 4, 12, torch.bfloat16, "fused")
+
+
+def test_fuzzed_arguments_give_the_right_tensor_or_a_value_error() -> None:
+    """Inconsistent bits, group sizes, shapes, dtypes and outputs: a clear ValueError, never a crash or garbage."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    dtypes = st.sampled_from([torch.bfloat16, torch.float16, torch.float32, torch.int32, torch.uint8])
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        true_bits=st.sampled_from([1, 2, 3, 4, 5, 6, 8]), bits=st.integers(0, 9), true_group=st.sampled_from([32, 64]),
+        group_size=st.sampled_from([0, 8, 16, 32, 64, 128, 256, 1024]), rows=st.integers(1, 5),
+        groups=st.integers(1, 4), scale_rows=st.integers(0, 6), out_dtype=dtypes, out_rows=st.integers(0, 6),
+        out_cols=st.integers(0, 2048), transposed=st.booleans(), use_out=st.booleans(), dtype=dtypes,
+    )
+    def check(true_bits, bits, true_group, group_size, rows, groups, scale_rows, out_dtype, out_rows, out_cols,
+              transposed, use_out, dtype):
+        in_features = groups * true_group
+        w = torch.randint(-(2**31), 2**31 - 1, (rows, in_features * true_bits // 32), dtype=torch.int32)
+        s = torch.randn(scale_rows or rows, groups).to(torch.bfloat16)
+        out = None
+        if use_out:
+            out = torch.zeros(out_cols, out_rows, dtype=out_dtype).t() if transposed else \
+                torch.zeros(out_rows, out_cols, dtype=out_dtype)
+        try:
+            got = dequantize_affine(w, s, s, bits=bits, group_size=group_size, dtype=dtype, out=out)
+        except ValueError as e:
+            assert str(e).startswith("dequantize_affine: ")
+            return
+        want = dequantize_on_device(w, s, s, bits, group_size, dtype, "fused")
+        assert torch.equal(got, want) and (out is None or got.data_ptr() == out.data_ptr())
+
+    check()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import subprocess
 import sys
 
@@ -35,18 +36,24 @@ def test_cuda_dequant_equals_cpu_dequant_bit_for_bit(checkpoints, rounding) -> N
 
 TWO_LOADS = r"""
 import hashlib, json, os, sys
-os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the model lives in this process, for apply_model
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the model lives in this process
 if __name__ == "__main__":
+    import torch
     from vllm import LLM
-    found = []
+    from vllm_mlx_loader import loader
+
+    # vLLM's CPU backend repacks every linear after loading and leaves its `.weight` empty, so the parameters
+    # are read right after the loader wrote them, before process_weights_after_loading.
+    found, original = [], loader.MLXModelLoader.load_weights
+    def digest(p):
+        return hashlib.sha256(p.detach().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+    def load_weights(self, model, model_config):
+        original(self, model, model_config)
+        found.append({name: [list(p.shape), digest(p)] for name, p in model.named_parameters()})
+    loader.MLXModelLoader.load_weights = load_weights
     for _ in range(2):
         llm = LLM(model=sys.argv[1], load_format="mlx-4bit", distributed_executor_backend="uni", enforce_eager=True,
                   gpu_memory_utilization=0.3, max_model_len=512)
-        (digests,) = llm.apply_model(lambda model: {
-            name: hashlib.sha256(p.detach().contiguous().view(__import__("torch").uint8).numpy().tobytes()).hexdigest()
-            for name, p in model.named_parameters()
-        })
-        found.append(digests)
         llm.llm_engine.engine_core.shutdown()
         del llm
     print("DIGESTS " + json.dumps(found))
@@ -61,4 +68,7 @@ def test_two_vllm_loads_give_bit_identical_parameters(checkpoints) -> None:
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     first, second = json.loads(out.stdout.split("DIGESTS ", 1)[1])
     assert first == second
-    assert "model.embed_tokens.weight" in first and len(first) > 10
+    # what was compared is what the loader wrote: the fused linears at their full size, not empty repacks
+    assert first["model.layers.0.self_attn.qkv_proj.weight"][0] == [4 * 64 + 2 * 2 * 64, 256]
+    assert first["model.layers.3.mlp.gate_up_proj.weight"][0] == [2 * 512, 256]
+    assert all(math.prod(shape) > 0 for shape, _ in first.values()) and len(first) > 10

@@ -66,6 +66,14 @@ def test_tied_checkpoint_has_no_lm_head(checkpoints) -> None:
     assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names
 
 
+def test_the_two_largest_tensors_are_not_streamed_back_to_back(checkpoints) -> None:
+    # safetensors sorts names, so lm_head comes right before model.embed_tokens; a consumer holds one while
+    # the next is made, which on an 8B model would put both (2.4 GB in BF16) in device memory at once
+    names = [e.name for e in read_checkpoint(checkpoints["q4g64"]).entries]
+    assert names[-1] == "lm_head.weight" and names[0] == "model.embed_tokens.weight"
+    assert sorted(names) == sorted(set(names))
+
+
 def test_stale_index_is_ignored(checkpoints, tmp_path) -> None:
     path = copy_checkpoint(checkpoints["q4g64"], tmp_path / "m")
     (path / "model.safetensors.index.json").write_text(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import pickle
 
 import pytest
@@ -34,9 +35,11 @@ def test_a_tokenizer_saved_by_transformers_5_loads_and_encodes_like_its_tokenize
 
 @pytest.mark.skipif(not TRANSFORMERS_4, reason="transformers 5 knows TokenizersBackend itself")
 def test_transformers_4_alone_cannot_read_it(checkpoints, monkeypatch) -> None:
-    monkeypatch.delattr(transformers, "TokenizersBackend", raising=False)
+    # the module transformers looks the name up in (vLLM's imports can put a new one in sys.modules)
+    current = importlib.import_module("transformers")
+    monkeypatch.delattr(current, "TokenizersBackend", raising=False)
     with pytest.raises(ValueError, match="TokenizersBackend does not exist"):
-        transformers.AutoTokenizer.from_pretrained(checkpoints["q4g128"])
+        current.AutoTokenizer.from_pretrained(checkpoints["q4g128"])
 
 
 def test_drop_quantization_config_removes_it_from_the_config_and_text_config() -> None:

@@ -92,7 +92,8 @@ def test_hook_leaves_other_checkpoints_alone(bf16_source) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ({"bits": 4}, r"unknown keys \['bits'\] for the MLX loader. Allowed keys: \['rounding'\]"),
+        ({"bits": 4}, r"unknown keys \['bits'\] for the MLX loader. Allowed keys: \['rounding', 'timing'\]"),
+        ({"timing": "yes"}, r"timing='yes' is not true or false"),
         ({"rounding": "stochastic"}, r"rounding='stochastic' is not one of \['fused', 'mlx_cpu'\]"),
     ],
 )

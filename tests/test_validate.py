@@ -86,7 +86,8 @@ def swap_nibbles_of(path: str):
     return broken
 
 
-def test_broken_dequantization_is_caught_by_the_mlx_column(checkpoints, tmp_path, monkeypatch, capsys) -> None:
+def test_broken_dequantization_is_caught_by_the_mlx_column(checkpoints, tmp_path, monkeypatch, capfd) -> None:
+    # capfd, not capsys: vLLM 0.18's in-process engine needs a sys.stdout with a file descriptor
     # run vLLM's engine and worker in this process, so the broken dequantization reaches the device path
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     monkeypatch.setattr(weights, "_dequantize", swap_nibbles_of("model.layers.1.mlp.down_proj"))
@@ -98,7 +99,7 @@ def test_broken_dequantization_is_caught_by_the_mlx_column(checkpoints, tmp_path
     assert result["comparisons"]["torch_fp32"]["passed"]
     assert not result["comparisons"]["mlx_fp32"]["passed"]
     assert "mlx_fp32.min_cosine" in result["failed"]
-    assert "FAILED gates: mlx_fp32." in capsys.readouterr().err
+    assert "FAILED gates: mlx_fp32." in capfd.readouterr().err
 
 
 def test_bad_checkpoint_exits_2_with_the_message(bf16_source, capsys) -> None:

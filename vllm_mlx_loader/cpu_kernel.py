@@ -61,9 +61,11 @@ def dequantize(
     rounding: str, out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`[rows, words]` int32 codes and `[rows, groups]` scales and biases of one dtype → `[rows, in_features]`
-    (into `out`, contiguous, if given)."""
+    (into `out`, contiguous, if given). Raises `ValueError` for any argument the kernel cannot take, before
+    a pointer reaches it: the kernel itself trusts every size it is given."""
     w, s, b = w.contiguous(), s.contiguous(), b.contiguous()
     rows = w.shape[0]
+    _check(w, s, b, bits, group_size, dtype, rounding, out)
     out = empty_advised((rows, s.shape[1] * group_size), dtype) if out is None else out
     nbytes = out.numel() * out.element_size()
     args = (w.shape[1] * 4, bits, group_size, _KINDS[s.dtype], _KINDS[dtype], int(_two_roundings(rounding, s.dtype)))
@@ -79,6 +81,39 @@ def dequantize(
     else:
         list(_threads(threads).map(run, bounds[:-1], bounds[1:]))
     return out
+
+
+def _check(
+    w: torch.Tensor, s: torch.Tensor, b: torch.Tensor, bits: int, group_size: int, dtype: torch.dtype,
+    rounding: str, out: torch.Tensor | None,
+) -> None:
+    if _cdequant is None:
+        raise ValueError("cpu_kernel.dequantize: the C kernel is not built here")
+    if not supports(s.dtype, b.dtype, dtype, group_size, rounding):
+        raise ValueError(
+            f"cpu_kernel.dequantize: unsupported case: scales {s.dtype}, biases {b.dtype}, out {dtype}, "
+            f"group_size={group_size}, rounding={rounding!r}"
+        )
+    tensors = (w, s, b) if out is None else (w, s, b, out)
+    if type(bits) is not int or not 1 <= bits <= 8 or any(t.device.type != "cpu" for t in tensors):
+        raise ValueError(f"cpu_kernel.dequantize: bits must be 1-8 and every tensor on the CPU, got bits={bits!r}")
+    rows, groups = s.shape[0], s.shape[-1]
+    if (
+        w.dtype != torch.int32 or w.dim() != 2 or s.dim() != 2 or b.shape != s.shape or w.shape[0] != rows
+        or w.shape[1] * 32 != groups * group_size * bits
+    ):
+        raise ValueError(
+            f"cpu_kernel.dequantize: want int32 weight [rows, groups * group_size * bits / 32] and scales, biases "
+            f"[rows, groups]; got weight {w.dtype} {list(w.shape)}, scales {list(s.shape)}, biases "
+            f"{list(b.shape)} at bits={bits}, group_size={group_size}"
+        )
+    if out is not None and (
+        out.dtype != dtype or tuple(out.shape) != (rows, groups * group_size) or not out.is_contiguous()
+    ):
+        raise ValueError(
+            f"cpu_kernel.dequantize: out must be a contiguous {dtype} [{rows}, {groups * group_size}], "
+            f"got {out.dtype} {list(out.shape)}{'' if out.is_contiguous() else ', not contiguous'}"
+        )
 
 
 def _threads(n: int) -> ThreadPoolExecutor:

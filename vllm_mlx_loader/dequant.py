@@ -1,11 +1,12 @@
 """MLX affine dequantization as plain torch math: packed codes + scales + biases in, dense weights out.
 
-Only ops that torch_npu runs on the device are used (../shared/vllm-notes.md §5): int32 tensors
+Only ops that torch_npu runs on the device are used (docs/compatibility.md, "torch_npu"): int32 tensors
 (never uint32), right shifts by Python ints, `&`, integer multiply/add, float math. No device-specific
 code: the tensors' device decides where it runs.
 
-Codes are an LSB-first bit stream per row (../shared/mlx-format.md §1.4). For 1/2/4/8 bits a code never
-crosses a 32-bit word; for 3/5/6 bits codes straddle bytes and words, so they are rebuilt from byte pairs.
+Codes are an LSB-first bit stream per row (docs/format.md). For 1/2/4/8 bits a code never
+crosses a 32-bit word; for 3/5/6 bits codes straddle bytes and words, so they are rebuilt from byte pairs
+(each byte column widened to int32 on its own, so no int32 copy of the whole block is made).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ ROUNDINGS: tuple[Rounding, ...] = ("fused", "mlx_cpu")
 # bytes in one pack of codes for the bit widths that do not divide 32 (3 bytes = 8 x 3-bit or 4 x 6-bit).
 _PACK_BYTES = {3: 3, 5: 5, 6: 3}
 _CPU_BLOCK_BYTES = 1 << 22  # 4 MiB of float32 measured fastest on 2 EPYC cores (256 KiB..16 MiB tried)
+DEVICE_BLOCK_BYTES = 1 << 26  # 64 MiB: the float32 temporary per block on an accelerator
+BITS = (1, 2, 3, 4, 5, 6, 8)  # what MLX's affine mode writes
+FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 def unpack_codes(
@@ -50,16 +54,19 @@ def unpack_codes(
                 codes[..., k] = scratch.bitwise_and_(mask)
         return codes.flatten(-2)
     pack = _PACK_BYTES[bits]
+    per = pack * 8 // bits
     data = packed.view(torch.uint8)
-    data = data.reshape(*data.shape[:-1], -1, pack).to(torch.int32)
-    # Append a zero byte so the last code of a pack can read "the next byte" too.
-    data = torch.cat([data, torch.zeros_like(data[..., :1])], dim=-1)
-    codes = torch.empty(*data.shape[:-1], pack * 8 // bits, dtype=dtype, device=data.device)
-    for k in range(pack * 8 // bits):
+    data = data.reshape(*data.shape[:-1], -1, pack)
+    if out is None:
+        out = torch.empty(*data.shape[:-1], per, dtype=dtype, device=data.device)
+    codes = out.view(*data.shape[:-1], per)
+    for k in range(per):
         first, shift = divmod(k * bits, 8)
-        codes[..., k] = ((data[..., first] + data[..., first + 1] * 256) >> shift) & mask
-    codes = codes.flatten(-2)
-    return codes if out is None else out.copy_(codes)
+        value = data[..., first].to(torch.int32)
+        if first + 1 < pack:  # the code may run on into the next byte; the last code of a pack never does
+            value += data[..., first + 1].to(torch.int32) * 256
+        codes[..., k] = (value >> shift) & mask
+    return codes.flatten(-2)
 
 
 def dequantize_affine(
@@ -80,22 +87,65 @@ def dequantize_affine(
     `mx.dequantize` on the CPU (and so `mlx_lm.convert -d`) returns, bit for bit.
 
     Three paths compute the same bits: the C kernel on the CPU where it is built (`cpu_kernel`), row blocks
-    of torch ops on the CPU otherwise, and whole-tensor torch ops on accelerators. `out`: a contiguous
-    CPU tensor of the result's shape and `dtype` to write into (the CPU paths write there directly).
+    of torch ops on the CPU otherwise, and row blocks of the ops torch_npu runs on accelerators
+    (`dequantize_on_device`). `out`: a contiguous tensor of the result's shape, `dtype` and device to write
+    into. Inconsistent arguments raise `ValueError` before any memory is touched.
     """
-    if rounding not in ROUNDINGS:
-        raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+    check_affine_args(weight, scales, biases, bits, group_size, dtype, rounding, out)
     w = weight.reshape(-1, weight.shape[-1])
     s, b = scales.reshape(-1, scales.shape[-1]), biases.reshape(-1, biases.shape[-1])
     flat_out = None if out is None else out.view(w.shape[0], -1)
     if weight.device.type != "cpu":
-        dense = dequantize_whole(w, s, b, bits, group_size, dtype, rounding)
-        dense = dense if out is None else flat_out.copy_(dense)
+        dense = dequantize_on_device(w, s, b, bits, group_size, dtype, rounding, flat_out)
     elif cpu_kernel.supports(s.dtype, b.dtype, dtype, group_size, rounding):
         dense = cpu_kernel.dequantize(w, s, b, bits, group_size, dtype, rounding, flat_out)
     else:
         dense = dequantize_blocks(w, s, b, bits, group_size, dtype, rounding, flat_out)
     return dense.reshape(*weight.shape[:-1], dense.shape[-1])
+
+
+def check_affine_args(
+    weight: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor, bits: int, group_size: int,
+    dtype: torch.dtype, rounding: str, out: torch.Tensor | None = None,
+) -> None:
+    """Raise `ValueError` unless the arguments describe one consistent affine-quantized tensor."""
+
+    def fail(what: str) -> None:
+        raise ValueError(f"dequantize_affine: {what}")
+
+    if rounding not in ROUNDINGS:
+        fail(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+    if type(bits) is not int or bits not in BITS:
+        fail(f"bits must be one of {BITS}, got {bits!r}")
+    if type(group_size) is not int or group_size <= 0:
+        fail(f"group_size must be a positive int, got {group_size!r}")
+    if dtype not in FLOAT_DTYPES:
+        fail(f"dtype must be one of {FLOAT_DTYPES}, got {dtype}")
+    if weight.dtype not in (torch.int32, torch.uint32):
+        fail(f"weight holds packed codes as int32 or uint32, got {weight.dtype}")
+    for name, t in (("scales", scales), ("biases", biases)):
+        if t.dtype not in FLOAT_DTYPES:
+            fail(f"{name} must be one of {FLOAT_DTYPES}, got {t.dtype}")
+        if t.device != weight.device:
+            fail(f"{name} is on {t.device}, weight on {weight.device}")
+    if weight.dim() < 2 or scales.shape != biases.shape or scales.shape[:-1] != weight.shape[:-1]:
+        fail(
+            f"shapes do not fit: weight {list(weight.shape)}, scales {list(scales.shape)}, biases "
+            f"{list(biases.shape)} (want weight [..., words], scales and biases [..., groups], the same leading dims)"
+        )
+    in_features = scales.shape[-1] * group_size
+    if in_features * bits != weight.shape[-1] * 32:
+        fail(
+            f"weight has {weight.shape[-1]} packed columns, but {scales.shape[-1]} groups of {group_size} at "
+            f"bits={bits} need {in_features * bits / 32:g}: bits or group_size do not match the tensors"
+        )
+    if out is not None:
+        want = (*weight.shape[:-1], in_features)
+        if tuple(out.shape) != want or out.dtype != dtype or out.device != weight.device or not out.is_contiguous():
+            fail(
+                f"out must be a contiguous {dtype} tensor of shape {list(want)} on {weight.device}, got "
+                f"{'a non-contiguous ' if not out.is_contiguous() else ''}{out.dtype} {list(out.shape)} on {out.device}"
+            )
 
 
 def dequantize_blocks(
@@ -104,12 +154,33 @@ def dequantize_blocks(
 ) -> torch.Tensor:
     """The CPU path without the C kernel: blocks of rows, in buffers reused from block to block, keep the
     temporaries in cache and off the page-fault path; the dense output is the only fresh allocation."""
+    return _in_row_blocks(w, s, b, bits, group_size, dtype, rounding, out, _CPU_BLOCK_BYTES, cpu_scratch=True)
+
+
+def dequantize_on_device(
+    w: torch.Tensor, s: torch.Tensor, b: torch.Tensor, bits: int, group_size: int, dtype: torch.dtype,
+    rounding: Rounding, out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The accelerator path: row blocks of the plain ops torch_npu runs, on whatever device the tensors are.
+
+    Memory on the device: the dense output, the packed inputs, and per block a float32 (or scales-dtype)
+    temporary of at most `DEVICE_BLOCK_BYTES` plus its integer unpacking temporaries; never a float32
+    copy of a whole embedding or expert stack. No synchronisation: the ops queue on the device's stream.
+    """
+    return _in_row_blocks(w, s, b, bits, group_size, dtype, rounding, out, DEVICE_BLOCK_BYTES, cpu_scratch=False)
+
+
+def _in_row_blocks(
+    w: torch.Tensor, s: torch.Tensor, b: torch.Tensor, bits: int, group_size: int, dtype: torch.dtype,
+    rounding: Rounding, out: torch.Tensor | None, block_bytes: int, cpu_scratch: bool,
+) -> torch.Tensor:
     compute = torch.float32 if rounding == "fused" else s.dtype
     in_features = s.shape[-1] * group_size
-    out = torch.empty(w.shape[0], in_features, dtype=dtype) if out is None else out
-    step = min(w.shape[0], max(1, _CPU_BLOCK_BYTES // (in_features * 4)))
-    codes_buf = torch.empty(step, in_features, dtype=compute)
-    scratch = torch.empty(step, w.shape[1], dtype=torch.int32) if 32 % bits == 0 else None
+    out = torch.empty(w.shape[0], in_features, dtype=dtype, device=w.device) if out is None else out
+    step = min(w.shape[0], max(1, block_bytes // (in_features * 4)))
+    codes_buf = torch.empty(step, in_features, dtype=compute, device=w.device)
+    # CPU only: torch_npu runs `>>`, not the bitwise_right_shift(out=) that saves a temporary per code position
+    scratch = torch.empty(step, w.shape[1], dtype=torch.int32) if cpu_scratch and 32 % bits == 0 else None
     for r in range(0, w.shape[0], step):
         n = min(step, w.shape[0] - r)
         rows = slice(r, r + n)
@@ -117,16 +188,6 @@ def dequantize_blocks(
         _scale(codes, s[rows], b[rows], group_size, rounding)
         out[rows] = codes
     return out
-
-
-def dequantize_whole(
-    w: torch.Tensor, s: torch.Tensor, b: torch.Tensor, bits: int, group_size: int, dtype: torch.dtype,
-    rounding: Rounding,
-) -> torch.Tensor:
-    """The accelerator path: each plain op (the ones torch_npu runs) once over the whole `[rows, words]` tensor."""
-    codes = unpack_codes(w, bits, torch.float32 if rounding == "fused" else s.dtype)
-    _scale(codes, s, b, group_size, rounding)
-    return codes.to(dtype)
 
 
 def _scale(codes: torch.Tensor, s: torch.Tensor, b: torch.Tensor, group_size: int, rounding: Rounding) -> None:

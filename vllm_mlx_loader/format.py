@@ -87,7 +87,7 @@ class MLXCheckpoint:
     config: dict[str, Any]
     architecture: str
     shards: tuple[Path, ...]
-    entries: tuple[Entry, ...]  # one per dense weight, in shard order
+    entries: tuple[Entry, ...]  # one per dense weight, in shard order but lm_head last
 
     @property
     def nbytes(self) -> int:
@@ -272,6 +272,9 @@ def read_checkpoint(directory: str | Path) -> MLXCheckpoint:
             str(directory), f"the shards lack weights that {arch} needs: {shown}.",
             _missing_shard_hint(directory) + "The checkpoint is incomplete: re-download or re-convert it.",
         )
+    # Shards list `lm_head` right before `model.embed_tokens`: the two largest tensors. Whoever consumes the
+    # stream (vLLM's loading loop, our generator) still holds one while the next is made, so keep them apart.
+    entries.sort(key=lambda e: e.name.startswith("lm_head."))
     return MLXCheckpoint(directory, config, arch, shards, tuple(entries))
 
 

@@ -6,6 +6,7 @@ Nothing of this package's dequantization is shared, so a packing or bit-order bu
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,13 @@ def greedy_float32(model_dir: str | Path, prompts: list[list[int]], max_tokens: 
     return results
 
 
-def logits_float32(model_dir: str | Path, sequences: list[list[int]]) -> list[torch.Tensor]:
-    """Float32 logits `[len - 1, vocab]` for each token sequence (row i predicts token i + 1)."""
-    model = load_float32(model_dir)
-    return [torch.from_numpy(np.array(_logits(model, seq)[:-1])) for seq in sequences]
+def logit_blocks(model: Any, sequence: list[int], rows: int) -> Iterator[torch.Tensor]:
+    """Float32 logits of `sequence` (row i predicts token i + 1), `rows` positions at a time: the backbone once,
+    the output layer block by block, as mlx-lm's own `Model.__call__` applies it."""
+    import mlx.core as mx
+
+    hidden = model.model(mx.array([sequence[:-1]]))[0]
+    tied = getattr(model.args, "tie_word_embeddings", False) or not hasattr(model, "lm_head")
+    head = model.model.embed_tokens.as_linear if tied else model.lm_head
+    for start in range(0, hidden.shape[0], rows):
+        yield torch.from_numpy(np.array(head(hidden[start:start + rows]).astype(mx.float32)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -75,6 +76,10 @@ def load_reference(ckpt: MLXCheckpoint) -> nn.Module:
 
 
 @torch.inference_mode()
-def reference_logits(model: nn.Module, sequences: list[list[int]]) -> list[torch.Tensor]:
-    """Float32 logits `[len - 1, vocab]` for each token sequence (row i predicts token i + 1)."""
-    return [model(input_ids=torch.tensor([seq])).logits[0, :-1].float() for seq in sequences]
+def reference_logit_blocks(model: nn.Module, sequence: list[int], rows: int) -> Iterator[torch.Tensor]:
+    """Float32 logits of `sequence` (row i predicts token i + 1), `rows` positions at a time: the hidden states
+    of the whole sequence once, the output layer block by block, so `[len, vocab]` is never held at once."""
+    hidden = model.get_decoder()(input_ids=torch.tensor([sequence[:-1]])).last_hidden_state[0]
+    head = model.get_output_embeddings()
+    for start in range(0, hidden.shape[0], rows):
+        yield head(hidden[start:start + rows]).float()

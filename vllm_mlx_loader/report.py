@@ -57,16 +57,11 @@ def _cpu_model_name() -> str:
 
 def build(
     ckpt: MLXCheckpoint, args: argparse.Namespace, gates: accuracy.Gates, tokenizer: Any, texts: list[str],
-    runs: list, references: dict[str, list[torch.Tensor]], chat: bool,
+    runs: list, per_reference: dict[str, list[accuracy.RowMetrics]], chat: bool,
 ) -> dict[str, Any]:
+    """`per_reference[name][i]`: the per-position metrics of prompt i's device run against reference `name`."""
     comparisons, failed, steps = {}, [], []
-    per_reference = {}
-    for name, ref_logits in references.items():
-        per_prompt = [
-            accuracy.row_metrics(ref, run.logits, torch.tensor(run.sequence[1:]))
-            for run, ref in zip(runs, ref_logits, strict=True)
-        ]
-        per_reference[name] = per_prompt
+    for name, per_prompt in per_reference.items():
         # generated rows start at the prompt's last position (which predicts the first generated token)
         gen = [accuracy.select(m, slice(len(r.prompt_ids) - 1, None)) for m, r in zip(per_prompt, runs, strict=True)]
         last = [accuracy.select(m, slice(len(r.prompt_ids) - 1, len(r.prompt_ids))) for m, r in zip(per_prompt, runs,
@@ -116,6 +111,8 @@ def build(
             "dtype": "bfloat16", "max_tokens": args.max_tokens, "chat_template": chat,
             "enable_thinking": args.enable_thinking, "tensor_parallel_size": args.tensor_parallel_size,
             "enforce_eager": args.enforce_eager, "greedy": True, "near_tie_nat": accuracy.NEAR_TIE_NAT,
+            "prompt_rows": "log-probabilities from vLLM, lifted by the reference's logsumexp"
+            if any(r.prompt_rows_are_logprobs for r in runs) else "raw logits",
         },
         "gates": accuracy.gates_dict(gates),
         "comparisons": comparisons,

@@ -24,20 +24,23 @@ packed, ~4.5 GB for an 8B model at 4 bits).
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import accuracy, report
+from .device_logits import DeviceRun, rows_per_block, run_device, shutdown_llm
 from .errors import MLXCheckpointError
 from .format import MLXCheckpoint, read_checkpoint
 from .hf_compat import load_tokenizer
+
+__all__ = ["main", "shutdown_llm", "validate"]
 
 DEFAULT_PROMPTS = [
     "What is the capital of France?",
@@ -55,17 +58,6 @@ LONG_PARAGRAPH = (
     "and compilers replaced the assembly. Each layer let people think about larger problems. "
 )
 LONG_PROMPT_TOKENS = 1024
-
-
-@dataclass
-class DeviceRun:
-    prompt_ids: list[int]
-    generated_ids: list[int]
-    logits: torch.Tensor  # [len(prompt) + len(generated) - 1, vocab], row i predicts token i + 1
-
-    @property
-    def sequence(self) -> list[int]:
-        return self.prompt_ids + self.generated_ids
 
 
 def log(message: str) -> None:
@@ -106,64 +98,6 @@ def long_prompt(tokenizer: Any) -> str:
     while len(tokenizer(text)["input_ids"]) < LONG_PROMPT_TOKENS:
         text += LONG_PARAGRAPH
     return text + "\nSummarise the passage above in one sentence."
-
-
-def dense_rows(positions: Any, vocab: int, skip_first: bool) -> torch.Tensor:
-    """vLLM's per-position logprob containers (flat or list of dicts) -> `[n, vocab]` float32."""
-    if hasattr(positions, "start_indices"):  # FlatLogprobs: read the flat lists, no per-token objects
-        ids = torch.tensor(positions.token_ids, dtype=torch.long)
-        values = torch.tensor(positions.logprobs, dtype=torch.float32)
-        spans = list(zip(positions.start_indices, positions.end_indices, strict=True))
-        rows = [(ids[a:b], values[a:b]) for a, b in spans]
-    else:
-        rows = [
-            (torch.tensor(list(p), dtype=torch.long), torch.tensor([lp.logprob for lp in p.values()]))
-            if p else (torch.empty(0, dtype=torch.long), torch.empty(0))
-            for p in positions
-        ]
-    rows = rows[1:] if skip_first else rows  # the first prompt position has no prediction
-    out = torch.full((len(rows), vocab), float("nan"))
-    for i, (ids, values) in enumerate(rows):
-        out[i, ids] = values
-    if torch.isnan(out).any():
-        raise RuntimeError(f"vLLM returned logits for fewer than {vocab} tokens: is max_logprobs -1?")
-    return out
-
-
-def run_device(model: str, prompts: list[list[int]], args: argparse.Namespace, vocab: int) -> list[DeviceRun]:
-    from vllm import LLM, SamplingParams
-
-    llm = LLM(
-        model=model, load_format="mlx", dtype="bfloat16", max_logprobs=-1, logprobs_mode="raw_logits",
-        generation_config="vllm", max_model_len=max(len(p) for p in prompts) + args.max_tokens + 8,
-        tensor_parallel_size=args.tensor_parallel_size, gpu_memory_utilization=args.gpu_memory_utilization,
-        enforce_eager=args.enforce_eager, distributed_executor_backend=args.executor_backend, seed=0,
-    )
-    options = dict(temperature=0.0, max_tokens=args.max_tokens, logprobs=-1, prompt_logprobs=-1, detokenize=False)
-    try:
-        params = SamplingParams(**options, flat_logprobs=True)
-    except TypeError:  # vLLM without flat logprobs
-        params = SamplingParams(**options)
-    runs = []
-    for i, prompt in enumerate(prompts):  # one at a time: full-vocabulary logits are large
-        log(f"device: prompt {i + 1}/{len(prompts)} ({len(prompt)} tokens)")
-        (out,) = llm.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)
-        result = out.outputs[0]
-        logits = torch.cat([
-            dense_rows(out.prompt_logprobs, vocab, skip_first=True), dense_rows(result.logprobs, vocab, False)
-        ])
-        runs.append(DeviceRun(list(prompt), list(result.token_ids), logits[: len(prompt) + len(result.token_ids) - 1]))
-    shutdown_llm(llm)
-    return runs
-
-
-def shutdown_llm(llm: Any) -> None:
-    """Stop vLLM's engine now (its memory is needed next), not whenever the garbage collector runs."""
-    core = getattr(llm.llm_engine, "engine_core", None)
-    if core is not None and hasattr(core, "shutdown"):
-        core.shutdown()
-    del llm
-    gc.collect()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,24 +150,31 @@ def validate(args: argparse.Namespace, gates: accuracy.Gates) -> int:
     prompts = encode_prompts(tokenizer, texts, chat, args.enable_thinking)
     vocab = ckpt.config["vocab_size"]
 
-    log(f"phase 1/3: device run through vLLM ({len(prompts)} prompts, {args.max_tokens} greedy tokens each)")
-    runs = run_device(str(args.model), prompts, args, vocab)
-    sequences = [r.sequence for r in runs]
-    references: dict[str, list[torch.Tensor]] = {}
-    if not args.no_torch_reference:
-        log("phase 2/3: float32 CPU reference (transformers)")
-        from .reference import load_reference, reference_logits
+    with tempfile.TemporaryDirectory(prefix="vllm-mlx-validate-") as work:
+        log(f"phase 1/3: device run through vLLM ({len(prompts)} prompts, {args.max_tokens} greedy tokens each)")
+        runs = run_device(
+            str(args.model), prompts, Path(work), vocab, max_tokens=args.max_tokens, log=log,
+            tensor_parallel_size=args.tensor_parallel_size, gpu_memory_utilization=args.gpu_memory_utilization,
+            enforce_eager=args.enforce_eager, distributed_executor_backend=args.executor_backend,
+        )
+        log(f"device logits: {sum(r.nbytes for r in runs) / 2**20:.0f} MiB on disk in {work}")
+        metrics: dict[str, list[accuracy.RowMetrics]] = {}
+        if not args.no_torch_reference:
+            log("phase 2/3: float32 CPU reference (transformers), compared as it is computed")
+            from .reference import load_reference, reference_logit_blocks
 
-        model = load_reference(ckpt)
-        references["torch_fp32"] = reference_logits(model, sequences)
-        del model
-    if use_mlx:
-        log("phase 3/3: MLX float32 reference (mlx-lm)")
-        from .mlx_reference import logits_float32
+            model = load_reference(ckpt)
+            metrics["torch_fp32"] = compare(runs, lambda seq: reference_logit_blocks(model, seq, rows_per_block(vocab)))
+            del model
+        if use_mlx:
+            log("phase 3/3: MLX float32 reference (mlx-lm), compared as it is computed")
+            from .mlx_reference import load_float32, logit_blocks
 
-        references["mlx_fp32"] = logits_float32(args.model, sequences)
+            mlx_model = load_float32(args.model)
+            metrics["mlx_fp32"] = compare(runs, lambda seq: logit_blocks(mlx_model, seq, rows_per_block(vocab)))
+            del mlx_model
     log("comparing")
-    result = report.build(ckpt, args, gates, tokenizer, texts, runs, references, chat)
+    result = report.build(ckpt, args, gates, tokenizer, texts, runs, metrics, chat)
     print(report.markdown(result))
     if args.output:
         report.write(result, args.output)
@@ -243,6 +184,33 @@ def validate(args: argparse.Namespace, gates: accuracy.Gates) -> int:
         return 1
     log("all gates passed")
     return 0
+
+
+def compare(
+    runs: list[DeviceRun], reference_blocks: Callable[[list[int]], Iterator[torch.Tensor]]
+) -> list[accuracy.RowMetrics]:
+    """Per-position metrics of each run against a reference that yields its logits a block of rows at a time:
+    only one block of each side is in memory at once.
+
+    Where vLLM sent log-probabilities for the prompt's rows (vLLM 0.18 log-softmaxes them whatever
+    `logprobs_mode` says), each such device row is lifted by the reference row's logsumexp: the device's own
+    is not observable, so logit differences there are log-probability differences (KL and top-1 are unaffected).
+    """
+    per_prompt = []
+    for run in runs:
+        tokens, parts, start = torch.tensor(run.sequence[1:]), [], 0
+        for ref in reference_blocks(run.sequence):
+            stop = start + ref.shape[0]
+            dev = run.read(start, stop)
+            lift = min(stop, len(run.prompt_ids) - 1) - start if run.prompt_rows_are_logprobs else 0
+            if lift > 0:
+                dev[:lift] += ref[:lift].double().logsumexp(-1, keepdim=True).float()
+            parts.append(accuracy.row_metrics(ref, dev, tokens[start:stop]))
+            start = stop
+        if start != run.rows:
+            raise RuntimeError(f"the reference gave {start} rows for {run.rows} device rows")
+        per_prompt.append(accuracy.concat(parts))
+    return per_prompt
 
 
 def check_memory_for_reference(ckpt: MLXCheckpoint) -> None:

@@ -30,9 +30,10 @@ class LoadStats:
     bytes_read: int = 0
     read_s: float = 0.0
     dequant_s: float = 0.0
+    timed: bool = True  # False: on an accelerator, read_s and dequant_s are queueing times, not work
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type != "cpu":
         torch.accelerator.synchronize(device)
 
@@ -43,6 +44,8 @@ class ShardReader:
     def __init__(self, device: torch.device, stats: LoadStats) -> None:
         self.device = device
         self.stats = stats
+        # waiting for the device after every tensor only to time it would stall its queue
+        self.sync = synchronize if stats.timed else lambda device: None
         self._stack = ExitStack()
         self._files: dict[Path, Any] = {}
 
@@ -91,10 +94,11 @@ def iter_dense_weights(
 
     Unquantized tensors (norms) come back in their stored dtype on `device`; the model's weight
     loader casts them as it copies. On the CPU, a dense tensor's memory is reused for a later one once the
-    consumer has dropped every reference to it (`buffers.py`), never before.
+    consumer has dropped every reference to it (`buffers.py`), never before. On an accelerator the work is
+    queued without waiting for the device, unless `stats.timed` asks for per-phase times.
     """
     device = torch.device(device)
-    stats = stats if stats is not None else LoadStats()
+    stats = stats if stats is not None else LoadStats(timed=device.type == "cpu")
     buffers = OutputBuffers(buffer_capacity(ckpt, dtype)) if device.type == "cpu" else None
     with ShardReader(device, stats) as reader:
         try:
@@ -102,7 +106,7 @@ def iter_dense_weights(
                 start = time.perf_counter()
                 if isinstance(entry, TensorRef):
                     tensor = reader.read(entry)
-                    _synchronize(device)
+                    reader.sync(device)
                     stats.read_s += time.perf_counter() - start
                 else:
                     out = None if buffers is None else buffers.empty(entry.shape, dtype)
@@ -127,13 +131,13 @@ def _dequantize(
     stats, device = reader.stats, reader.device
     start = time.perf_counter()
     weight, scales, biases = (reader.read(t) for t in (module.weight, module.scales, module.biases))
-    _synchronize(device)
+    reader.sync(device)
     read_end = time.perf_counter()
     stats.read_s += read_end - start
     p = module.params
     dense = dequantize_affine(
         weight, scales, biases, bits=p.bits, group_size=p.group_size, dtype=dtype, rounding=rounding, out=out
     )
-    _synchronize(device)
+    reader.sync(device)
     stats.dequant_s += time.perf_counter() - read_end
     return dense
