@@ -41,7 +41,7 @@ class DeviceRun:
     generated_ids: list[int]
     files: tuple[Path, Path]
     vocab: int
-    # vLLM before 0.2x log-softmaxes prompt rows whatever `logprobs_mode` says; generated rows are raw logits
+    # vLLM 0.18 and 0.23 log-softmax prompt rows whatever `logprobs_mode` says (0.32 does not); generated rows are raw
     prompt_rows_are_logprobs: bool = False
 
     @property

@@ -192,7 +192,7 @@ def compare(
     """Per-position metrics of each run against a reference that yields its logits a block of rows at a time:
     only one block of each side is in memory at once.
 
-    Where vLLM sent log-probabilities for the prompt's rows (vLLM 0.18 log-softmaxes them whatever
+    Where vLLM sent log-probabilities for the prompt's rows (vLLM 0.18 and 0.23 log-softmax them whatever
     `logprobs_mode` says), each such device row is lifted by the reference row's logsumexp: the device's own
     is not observable, so logit differences there are log-probability differences (KL and top-1 are unaffected).
     """
