@@ -170,6 +170,12 @@ def test_inconsistent_arguments_raise_before_any_memory_is_touched(change, messa
         dequantize_affine(w, s, b, **kwargs)
 
 
+def test_uint32_codes_as_stored_give_the_int32_result() -> None:
+    w, s, b = four_bit()
+    want = dequantize_affine(w, s, b, bits=4, group_size=64)
+    assert torch.equal(dequantize_affine(w.view(torch.uint32), s, b, bits=4, group_size=64), want)
+
+
 @pytest.mark.parametrize(
     "args",
     [

@@ -92,7 +92,7 @@ def dequantize_affine(
     into. Inconsistent arguments raise `ValueError` before any memory is touched.
     """
     check_affine_args(weight, scales, biases, bits, group_size, dtype, rounding, out)
-    w = weight.reshape(-1, weight.shape[-1])
+    w = weight.reshape(-1, weight.shape[-1]).view(torch.int32)  # uint32 as stored: the same bits, int32 ops
     s, b = scales.reshape(-1, scales.shape[-1]), biases.reshape(-1, biases.shape[-1])
     flat_out = None if out is None else out.view(w.shape[0], -1)
     if weight.device.type != "cpu":
