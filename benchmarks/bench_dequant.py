@@ -122,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
                         "output): also time vLLM's way of reading it, and compare peak RSS")
     args = parser.parse_args(argv)
     ckpt = read_checkpoint(args.model)
-    total = sum(math.prod(e.shape) * 2 for e in ckpt.entries)
-    largest = max(math.prod(e.shape) * 2 for e in ckpt.entries)
-    print(f"{args.model}: {len(ckpt.entries)} tensors, {ckpt.nbytes / 1e9:.2f} GB packed, "
+    total = sum(math.prod(e.shape) * 2 for e in ckpt.weights)
+    largest = max(math.prod(e.shape) * 2 for e in ckpt.weights)
+    print(f"{args.model}: {len(ckpt.weights)} tensors, {ckpt.nbytes / 1e9:.2f} GB packed, "
           f"{total / 1e9:.2f} GB BF16; torch threads {torch.get_num_threads()}", flush=True)
     dequant_pass(ckpt, 1)  # warm-up: page cache, allocator
     runs = dequant_pass(ckpt, args.trials)
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name} trial {i}: {c:.2f} GB/s", flush=True)
     best_dq, best_kernel, best_copy = max(r["gb_per_s"] for r in runs), max(kernel), max(copies)
     result = {
-        "model": str(args.model), "tensors": len(ckpt.entries), "packed_bytes": ckpt.nbytes, "bf16_bytes": total,
+        "model": str(args.model), "tensors": len(ckpt.weights), "packed_bytes": ckpt.nbytes, "bf16_bytes": total,
         "torch_threads": torch.get_num_threads(), "machine": platform.machine(), "torch": torch.__version__,
         "c_kernel": cpu_kernel.available(), "dequant": runs, "preallocated_gb_per_s": kernel,
         "copy_gb_per_s": copies, "best_dequant_gb_per_s": best_dq, "best_preallocated_gb_per_s": best_kernel,

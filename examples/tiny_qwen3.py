@@ -1,15 +1,16 @@
-"""Build tiny real MLX checkpoints: a small Qwen3 trained briefly with transformers, then `mlx_lm.convert`.
+"""Build tiny real MLX checkpoints: small models trained briefly with transformers, then `mlx_lm.convert`.
 
     python examples/tiny_qwen3.py OUT_DIR [--variants q4g128 tied ...]
 
 Writes `OUT_DIR/<variant>/` for each variant: an MLX checkpoint made by the real `mlx_lm.convert`
 (shards, index, config.json with `quantization` / `quantization_config`, tokenizer with chat template).
-`OUT_DIR/_hf/untied` and `OUT_DIR/_hf/tied` hold the BF16 Hugging Face sources. Builds are cached:
-a variant whose directory carries the current build stamp is not rebuilt.
+`OUT_DIR/_hf/<source>` hold the BF16 Hugging Face sources. Builds are cached: a variant whose directory
+carries the current build stamp is not rebuilt.
 
-The model is tiny (4 layers, hidden 256, vocabulary 1024) but trained for a few hundred steps on a
+The Qwen3 model is tiny (4 layers, hidden 256, vocabulary 1024) but trained for a few hundred steps on a
 small corpus of facts, counting, code and chat turns, so its greedy continuations mean something
-("The capital of France is" -> " Paris.").
+("The capital of France is" -> " Paris."). The other families (`FAMILY_VARIANTS`: Llama tied and untied,
+Qwen2, Gemma 3, Qwen3-MoE, Mixtral) are smaller still (2 layers, hidden 128) and trained the same way.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "mixed_3_6": (["-q", "--quant-predicate", "mixed_3_6"], "untied"),
     "tied": (["-q", "--q-bits", "4", "--q-group-size", "64"], "tied"),
 }
+# One 4-bit g64 checkpoint per further architecture; the variant name is the source's name.
+FAMILIES = ("llama", "llama_tied", "qwen2", "gemma3", "qwen3_moe", "mixtral")
+FAMILY_VARIANTS = {name: (["-q", "--q-bits", "4", "--q-group-size", "64"], name) for name in FAMILIES}
+VARIANTS.update(FAMILY_VARIANTS)
 
 CAPITALS = {
     "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Japan": "Tokyo",
@@ -100,21 +105,56 @@ def build_tokenizer(out: Path) -> None:
     fast.save_pretrained(out)
 
 
-def train_model(out: Path, tied: bool) -> None:
+def model_for(kind: str, ids: dict[str, int]):
+    """A freshly initialised transformers model of source `kind`."""
+    import transformers as tf
+
+    qwen3 = dict(
+        vocab_size=VOCAB_SIZE, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=2048,
+    )
+    small = dict(
+        vocab_size=VOCAB_SIZE, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=2048,
+    )
+    moe = dict(num_experts_per_tok=2, moe_intermediate_size=128)
+    config_class, model_class, fields = {
+        "untied": (tf.Qwen3Config, tf.Qwen3ForCausalLM, dict(qwen3, tie_word_embeddings=False)),
+        "tied": (tf.Qwen3Config, tf.Qwen3ForCausalLM, dict(qwen3, tie_word_embeddings=True)),
+        "llama": (tf.LlamaConfig, tf.LlamaForCausalLM, dict(small, tie_word_embeddings=False)),
+        "llama_tied": (tf.LlamaConfig, tf.LlamaForCausalLM, dict(small, tie_word_embeddings=True)),
+        "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM, dict(small, tie_word_embeddings=False)),
+        "gemma3": (tf.Gemma3TextConfig, tf.Gemma3ForCausalLM,
+                   dict(small, sliding_window=64, layer_types=["sliding_attention", "full_attention"])),
+        "qwen3_moe": (tf.Qwen3MoeConfig, tf.Qwen3MoeForCausalLM, dict(small, **moe, num_experts=4)),
+        "mixtral": (tf.MixtralConfig, tf.MixtralForCausalLM, dict(small, num_experts_per_tok=2, num_local_experts=4)),
+    }[kind]
+    return model_class(config_class(**fields, rope_theta=10000.0, **ids))
+
+
+def real_checkpoint_fields(out: Path) -> None:
+    """transformers 5 writes `rope_parameters` (Qwen3-MoE's expert count as `num_local_experts`, Gemma 3's
+    attention pattern as `layer_types`); real checkpoints, made by transformers 4.x, carry `rope_theta`,
+    `num_experts` and `sliding_window_pattern`, which mlx-lm needs."""
+    path = out / "config.json"
+    config = json.loads(path.read_text())
+    config.setdefault("rope_theta", (config.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+    if config.get("model_type") == "qwen3_moe":
+        config.setdefault("num_experts", config.get("num_local_experts"))
+    if config.get("model_type") == "gemma3_text":  # mlx-lm reads the pattern, not layer_types
+        config.setdefault("sliding_window_pattern", config["layer_types"].index("full_attention") + 1)
+    path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def train_model(out: Path, kind: str) -> None:
     import torch
-    from transformers import AutoTokenizer, GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+    from transformers import AutoTokenizer, GenerationConfig
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(out)
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    config = Qwen3Config(
-        vocab_size=VOCAB_SIZE, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=2048,
-        rope_theta=10000.0, tie_word_embeddings=tied, bos_token_id=pad, eos_token_id=eos,
-        pad_token_id=pad,
-    )
-    model = Qwen3ForCausalLM(config)
+    model = model_for(kind, dict(bos_token_id=pad, eos_token_id=eos, pad_token_id=pad))
     docs = [tokenizer(d)["input_ids"] + [pad] for d in corpus()]
     stream = [t for _ in range(8) for d in docs for t in d]
     seq = 96
@@ -132,6 +172,7 @@ def train_model(out: Path, tied: bool) -> None:
         if step % 100 == 0 or step == STEPS - 1:
             print(f"  step {step}: loss {loss.item():.3f}", flush=True)
     model.to(torch.bfloat16).save_pretrained(out)
+    real_checkpoint_fields(out)
     GenerationConfig(eos_token_id=eos, pad_token_id=pad, bos_token_id=pad).save_pretrained(out)
 
 
@@ -156,9 +197,9 @@ def build_source(root: Path, kind: str) -> Path:
         return dst
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=dst.parent))
-    print(f"training tiny Qwen3 ({kind}) -> {dst}", flush=True)
+    print(f"training tiny {kind} -> {dst}", flush=True)
     build_tokenizer(tmp)
-    train_model(tmp, tied=kind == "tied")
+    train_model(tmp, kind)
     _publish(tmp, dst)
     return dst
 

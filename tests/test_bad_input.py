@@ -221,23 +221,55 @@ ROWS: list[tuple[str, str, Callable[[Path], None], str | None]] = [
      rf"{SHARD}: is a link to .*elsewhere.safetensors, outside the checkpoint directory"),
     ("hf-cache-symlinks", "Hugging Face cache layout (snapshot links into blobs/)", hf_cache_layout, None),
     ("unmapped-architecture", "architecture without a mapping",
-     edit_config(lambda c: c.update(architectures=["Qwen3MoeForCausalLM"])),
-     r"config.json: architecture 'Qwen3MoeForCausalLM' has no MLX-to-vLLM mapping"),
+     edit_config(lambda c: c.update(architectures=["DeepseekV3ForCausalLM"])),
+     r"config.json: architecture 'DeepseekV3ForCausalLM' has no MLX-to-vLLM mapping"),
     ("stray-tensor", "a tensor the model does not have",
      edit_tensors(lambda t: t.update({"model.layers.7.input_layernorm.weight": torch.ones(256, dtype=torch.bfloat16)})),
      r"tensor 'model.layers.7.input_layernorm.weight': 'model.layers.7.input_layernorm.weight' is not a weight"),
     ("missing-linear", "a whole linear missing (vLLM 0.32 would load it silently)",
      edit_tensors(pop(*(f"{Q}.{x}" for x in ("weight", "scales", "biases")))),
      rf"the shards lack weights that Qwen3ForCausalLM needs: {Q}.weight"),
+    ("missing-fused-part", "q_proj absent while k_proj and v_proj (its qkv_proj partners) are present",
+     edit_tensors(pop(*(f"model.layers.0.self_attn.q_proj.{x}" for x in ("weight", "scales", "biases")))),
+     r"the shards lack weights that Qwen3ForCausalLM needs: model.layers.0.self_attn.q_proj.weight"),
     ("plain-bf16-checkpoint", "a BF16 checkpoint given to the MLX loader", to_bf16_checkpoint,
      r"config.json: is not an MLX-quantized checkpoint: config.json has no 'quantization' entry"),
     ("other-quant-method", "an AWQ config", edit_config(lambda c: c["quantization_config"].update(quant_method="awq")),
      r"is not an MLX checkpoint: quantization_config.quant_method is 'awq'"),
     ("empty-directory", "an empty directory", empty, r": has no config.json\. Pass the MLX checkpoint's directory"),
     ("config-without-weights", "a config.json and no weights", only_config,
-     r": has a config.json but no \*.safetensors weight files"),
+     r": has a config.json but no model\*.safetensors weight files"),
+    ("only-adapter-weights", "only an `adapters.safetensors` (LoRA) beside config.json",
+     lambda p: os.replace(p / SHARD, p / "adapters.safetensors"),
+     r"no model\*.safetensors weight files \(found only adapters.safetensors, which mlx-lm does not load"),
+    ("stray-adapters-file", "an `adapters.safetensors` beside the weights (mlx-lm ignores it too)",
+     lambda p: shutil.copy(p / SHARD, p / "adapters.safetensors"), None),
+    ("lone-quantization-config", "`quantization_config` without `quant_method` and no `quantization`",
+     edit_config(lambda c: c.pop("quantization")),
+     r"is not an MLX checkpoint: it has a 'quantization_config' without 'quant_method' but no 'quantization'"),
     ("config-not-json", "config.json is not JSON", lambda p: (p / "config.json").write_text("{oops"),
      r"config.json: is not valid JSON"),
+]
+
+
+# The same, on the Qwen3-MoE fixture (experts stacked as `switch_mlp`, 8-bit router), 4 experts per layer.
+E = "model.layers.0.mlp.switch_mlp"
+MOE_ROWS: list[tuple[str, str, Callable[[Path], None], str | None]] = [
+    ("expert-missing", "a stack holds 3 of the 4 experts (one expert's down_proj absent)",
+     edit_tensors(lambda t: t.update({f"{E}.down_proj.{x}": t[f"{E}.down_proj.{x}"][:3].clone() for x in
+                                      ("weight", "scales", "biases")})),
+     r"the shards lack weights that Qwen3MoeForCausalLM needs: model.layers.0.mlp.experts.3.down_proj.weight"),
+    ("extra-expert", "a stack holds 5 experts where config.json says 4",
+     edit_tensors(lambda t: t.update({f"{E}.up_proj.{x}": torch.cat([t[f"{E}.up_proj.{x}"], t[f"{E}.up_proj.{x}"][:1]])
+                                      for x in ("weight", "scales", "biases")})),
+     rf"{E}.up_proj.weight' \[4\]: 'model.layers.0.mlp.experts.4.up_proj.weight' is not a weight of the model"),
+    ("router-missing", "the router `mlp.gate` absent", edit_tensors(pop(*(f"model.layers.1.mlp.gate.{x}" for x in
+                                                                           ("weight", "scales", "biases")))),
+     r"lack weights that Qwen3MoeForCausalLM needs: model.layers.1.mlp.gate.weight"),
+    ("stack-flattened", "a stack stored 2-D ([experts x out, in])",
+     edit_tensors(lambda t: t.update({f"{E}.gate_proj.{x}": t[f"{E}.gate_proj.{x}"].flatten(0, 1).clone() for x in
+                                      ("weight", "scales", "biases")})),
+     rf"tensor '{E}.gate_proj.weight': expected a stack of experts of shape \[experts, out, in\], found \[512, 128\]"),
 ]
 
 
@@ -260,8 +292,18 @@ def test_bad_input(row, what, breaker, message, checkpoint) -> None:
     assert str(info.value).count("\n") == 0  # one message, one line
 
 
+@pytest.mark.parametrize(("row", "what", "breaker", "message"), MOE_ROWS, ids=[r[0] for r in MOE_ROWS])
+def test_bad_moe_input(row, what, breaker, message, checkpoints, tmp_path) -> None:
+    path = tmp_path / "model"
+    shutil.copytree(checkpoints["qwen3_moe"], path, ignore=shutil.ignore_patterns(".stamp"))
+    breaker(path)
+    with pytest.raises(MLXCheckpointError, match=message) as info:
+        load_all(path)
+    assert str(info.value).count("\n") == 0
+
+
 def test_every_row_is_in_the_readme_table() -> None:
     readme = (REPO / "README.md").read_text()
     table = re.findall(r"^\| `([a-z0-9-]+)` \|", readme, flags=re.MULTILINE)
-    assert table == [r[0] for r in ROWS]
+    assert table == [r[0] for r in ROWS + MOE_ROWS]
     assert len(ROWS) >= 25

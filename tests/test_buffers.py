@@ -46,4 +46,4 @@ def test_a_streaming_consumer_reuses_buffers(checkpoints, monkeypatch) -> None:
     monkeypatch.setattr(OutputBuffers, "__init__", spy)
     ckpt = read_checkpoint(checkpoints["q4g64"])
     count = sum(1 for _ in iter_dense_weights(ckpt, "cpu"))
-    assert count == len(ckpt.entries) and pools[0].reused > len(ckpt.quantized) // 2
+    assert count == len(ckpt.weights) and pools[0].reused > len(ckpt.quantized) // 2

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
 from conftest import PROMPTS, VARIANTS, engine_kwargs, shutdown
 
@@ -39,9 +44,10 @@ def test_greedy_tokens_and_logprobs_match_mlx_float32(variant, checkpoints, toke
     generate_and_compare(checkpoints[variant], tokenizer, variant)
 
 
-def test_tensor_parallel_2_matches_mlx_float32(checkpoints, tokenizer, monkeypatch) -> None:
+@pytest.mark.parametrize("variant", ["q4g128", "qwen3_moe"])
+def test_tensor_parallel_2_matches_mlx_float32(variant, checkpoints, tokenizer, monkeypatch) -> None:
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")  # one core per rank
-    generate_and_compare(checkpoints["q4g128"], tokenizer, "q4g128 tp2", tensor_parallel_size=2)
+    generate_and_compare(checkpoints[variant], tokenizer, f"{variant} tp2", tensor_parallel_size=2)
 
 
 def test_bad_checkpoint_fails_before_any_engine_process_starts(bf16_source) -> None:
@@ -59,3 +65,26 @@ def test_auto_load_format_picks_the_mlx_loader(checkpoints) -> None:
     assert args.load_format == "mlx-4bit"
     assert config.quantization is None
     assert config.hf_config.num_hidden_layers == 4  # other fields pass through
+
+
+def test_auto_load_format_detects_a_hugging_face_repo_id(checkpoints, tmp_path) -> None:
+    """A repo id, read from Hugging Face's cache offline as vLLM reads it, is detected like a directory, and the
+    loader finds the cached snapshot."""
+    repo = tmp_path / "hub" / "models--tiny--qwen3-mlx"
+    revision = "0" * 40
+    shutil.copytree(checkpoints["q4g64"], repo / "snapshots" / revision, ignore=shutil.ignore_patterns(".stamp"))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    code = (
+        "from vllm.engine.arg_utils import EngineArgs\n"
+        "from vllm.config.load import LoadConfig\n"
+        "from vllm_mlx_loader.loader import MLXModelLoader\n"
+        "args = EngineArgs(model='tiny/qwen3-mlx')\n"
+        "config = args.create_model_config()\n"
+        "print('DETECTED', args.load_format, config.quantization)\n"
+        "print('DIR', MLXModelLoader(LoadConfig(load_format=args.load_format))._model_dir(config))\n"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert "DETECTED mlx-4bit None" in run.stdout, run.stdout[-2000:] + run.stderr[-4000:]
+    assert f"DIR {repo / 'snapshots' / revision}" in run.stdout

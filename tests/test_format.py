@@ -62,14 +62,14 @@ def test_mixed_recipe_uses_per_module_entries(checkpoints) -> None:
 
 
 def test_tied_checkpoint_has_no_lm_head(checkpoints) -> None:
-    names = [e.name for e in read_checkpoint(checkpoints["tied"]).entries]
+    names = [e.name for e in read_checkpoint(checkpoints["tied"]).weights]
     assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names
 
 
 def test_the_two_largest_tensors_are_not_streamed_back_to_back(checkpoints) -> None:
     # safetensors sorts names, so lm_head comes right before model.embed_tokens; a consumer holds one while
     # the next is made, which on an 8B model would put both (2.4 GB in BF16) in device memory at once
-    names = [e.name for e in read_checkpoint(checkpoints["q4g64"]).entries]
+    names = [e.name for e in read_checkpoint(checkpoints["q4g64"]).weights]
     assert names[-1] == "lm_head.weight" and names[0] == "model.embed_tokens.weight"
     assert sorted(names) == sorted(set(names))
 
@@ -194,6 +194,6 @@ def test_tensor_the_model_does_not_have_is_named(checkpoints, tmp_path) -> None:
 
 def test_unsupported_architecture_is_named(checkpoints, tmp_path) -> None:
     path = copy_checkpoint(checkpoints["q4g64"], tmp_path / "m")
-    edit_config(path, lambda c: c.update(architectures=["Qwen3MoeForCausalLM"]))
-    with pytest.raises(MLXCheckpointError, match=r"architecture 'Qwen3MoeForCausalLM' has no MLX-to-vLLM mapping"):
+    edit_config(path, lambda c: c.update(architectures=["DeepseekV3ForCausalLM"]))
+    with pytest.raises(MLXCheckpointError, match=r"architecture 'DeepseekV3ForCausalLM' has no MLX-to-vLLM mapping"):
         read_checkpoint(path)

@@ -44,7 +44,7 @@ def plan_shards(ckpt: MLXCheckpoint, dtype: torch.dtype, max_shard_bytes: int) -
     (one tensor may exceed it); each shard a list of `(name, shape)`."""
     shards: list[list[tuple[str, tuple]]] = [[]]
     size = 0
-    for entry in ckpt.entries:
+    for entry in ckpt.weights:
         nbytes = math.prod(entry.shape) * dtype.itemsize
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append([])
@@ -95,7 +95,7 @@ def convert(
     dense = iter_dense_weights(ckpt, "cpu", torch_dtype, rounding)
     try:
         weight_map, total = {}, 0
-        bar = tqdm(total=len(ckpt.entries), desc="Converting MLX checkpoint", disable=not progress, unit="tensor")
+        bar = tqdm(total=len(ckpt.weights), desc="Converting MLX checkpoint", disable=not progress, unit="tensor")
         for i, layout in enumerate(shards):
             file = shard_name(i, len(shards))
             with ShardWriter(tmp / file, layout, torch_dtype) as writer:
@@ -126,7 +126,7 @@ def verify(directory: Path, ckpt: MLXCheckpoint, weight_map: dict[str, str], dty
     """Re-read every written shard's header: each weight once, where the index says, right shape and dtype."""
     found = read_headers(tuple(sorted(directory.glob("*.safetensors"))))
     want_dtype = SAFETENSORS_DTYPES[dtype]
-    for entry in ckpt.entries:
+    for entry in ckpt.weights:
         ref = found.pop(entry.name, None)
         got = None if ref is None else (ref.file.name, ref.dtype, ref.shape)
         expected = (weight_map[entry.name], want_dtype, tuple(entry.shape))

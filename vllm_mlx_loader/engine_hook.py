@@ -7,19 +7,20 @@ platform is "no quantization config": the hook adds `hf_overrides={"quantization
 dict (or wraps a callable), and removes the attribute from the built config, which transformers 4.x
 cannot serialise while it is None (`hf_compat`). It also checks a local checkpoint up front, so a bad
 one fails before any worker starts, and picks the MLX load format for an MLX checkpoint given with the
-default `--load-format auto`.
+default `--load-format auto`, as a local directory or a Hugging Face repo id.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 from vllm.logger import init_logger
 
-from .format import is_mlx_checkpoint, read_checkpoint
+from .format import is_mlx_config, read_checkpoint
 from .hf_compat import QUANTIZATION_CONFIG, WithoutQuantizationConfig, drop_quantization_config
 from .loader import LOAD_FORMATS
 
@@ -41,12 +42,32 @@ def without_quantization_config(overrides: Any) -> Any:
     return {**(overrides or {}), QUANTIZATION_CONFIG: None}
 
 
+def model_config_json(model: str, revision: str | None) -> dict[str, Any] | None:
+    """config.json of a local directory or a Hugging Face repo id (from the cache, or the hub unless offline,
+    as vLLM itself reads it); None where there is none or it cannot be read: vLLM then reports its own error."""
+    try:
+        if os.path.isdir(model):
+            path = Path(model) / "config.json"
+        else:
+            from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+            cached = try_to_load_from_cache(model, "config.json", revision=revision)  # no network round trip
+            path = Path(cached if isinstance(cached, str) else hf_hub_download(model, "config.json", revision=revision))
+        config = json.loads(path.read_text())
+    except Exception:  # no such repo, offline without a cached copy, not JSON: not ours to report
+        return None
+    return config if isinstance(config, dict) else None
+
+
 def prepare_engine_args(args: Any) -> None:
     """Adjust `EngineArgs` in place for an MLX checkpoint; leave any other model alone."""
-    local = Path(args.model) if isinstance(args.model, str) and os.path.isdir(args.model) else None
-    if args.load_format == "auto" and local is not None and is_mlx_checkpoint(local):
-        logger.info("%s is an MLX-quantized checkpoint: using --load-format %s", local, LOAD_FORMATS[0])
-        args.load_format = LOAD_FORMATS[0]
+    model = args.model if isinstance(args.model, str) else None
+    local = Path(model) if model is not None and os.path.isdir(model) else None
+    if args.load_format == "auto" and model is not None:
+        config = model_config_json(model, getattr(args, "revision", None))
+        if config is not None and is_mlx_config(config):
+            logger.info("%s is an MLX-quantized checkpoint: using --load-format %s", model, LOAD_FORMATS[0])
+            args.load_format = LOAD_FORMATS[0]
     if args.load_format not in LOAD_FORMATS:
         return
     if local is not None:

@@ -9,15 +9,20 @@ and the model's sizes before any tensor is read. docs/format.md describes the fo
 from __future__ import annotations
 
 import json
-import math
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from safetensors import safe_open
 
-from .architectures import architecture, expected_weights
+from .architectures import Weight, adapter_for
 from .errors import MLXCheckpointError
+from .stored import Entry, QuantizedModule, QuantParams, TensorRef
+
+__all__ = ["Entry", "MLXCheckpoint", "QuantParams", "QuantizedModule", "TensorRef", "Weight", "read_checkpoint"]
+
+logger = logging.getLogger("vllm.mlx_loader")  # vLLM's logging configuration covers it; no vLLM import here
 
 # (group_size, bits) that MLX uses when a config leaves them out (or sets them to null).
 MODE_DEFAULTS = {"affine": (64, 4), "mxfp4": (32, 4), "mxfp8": (32, 8), "nvfp4": (16, 4)}
@@ -26,59 +31,7 @@ AFFINE_BITS = (1, 2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
 FLOAT_DTYPES = ("BF16", "F16", "F32")
 _GLOBAL_KEYS = ("group_size", "bits", "mode")
-_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2,
-                "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
-
-
-@dataclass(frozen=True)
-class TensorRef:
-    """One tensor of one shard, as its header describes it."""
-
-    name: str
-    file: Path
-    dtype: str
-    shape: tuple[int, ...]
-
-    @property
-    def nbytes(self) -> int:
-        return _DTYPE_BYTES.get(self.dtype, 1) * math.prod(self.shape)
-
-    def where(self) -> str:
-        return f"{self.file}: tensor {self.name!r}"
-
-
-@dataclass(frozen=True)
-class QuantParams:
-    mode: str
-    bits: int
-    group_size: int
-
-
-@dataclass(frozen=True)
-class QuantizedModule:
-    """A quantized module `path`: packed `weight`, `scales` and (affine) `biases`, maybe in different shards."""
-
-    path: str
-    params: QuantParams
-    weight: TensorRef
-    scales: TensorRef
-    biases: TensorRef  # affine only; the fp modes (not supported yet) have none
-
-    @property
-    def name(self) -> str:
-        """The dense weight's name, as the Hugging Face model (and vLLM) calls it."""
-        return f"{self.path}.weight"
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (*self.weight.shape[:-1], self.scales.shape[-1] * self.params.group_size)
-
-    @property
-    def nbytes(self) -> int:
-        return self.weight.nbytes + self.scales.nbytes + self.biases.nbytes
-
-
-Entry = QuantizedModule | TensorRef
+SHARD_GLOB = "model*.safetensors"  # mlx-lm's own: `adapters.safetensors` (LoRA) and others are not weights
 
 
 @dataclass(frozen=True)
@@ -87,7 +40,8 @@ class MLXCheckpoint:
     config: dict[str, Any]
     architecture: str
     shards: tuple[Path, ...]
-    entries: tuple[Entry, ...]  # one per dense weight, in shard order but lm_head last
+    entries: tuple[Entry, ...]  # what the shards store, in shard order
+    weights: tuple[Weight, ...]  # what the model is fed, one per dense weight, lm_head last
 
     @property
     def nbytes(self) -> int:
@@ -124,7 +78,14 @@ def quantization_config(config: dict[str, Any], where: str) -> dict[str, Any]:
             "(MLX writes no quant_method).",
             "Drop `--load-format mlx-4bit` and let vLLM pick its own loader.",
         )
-    quant = config.get("quantization", hf)
+    quant = config.get("quantization")
+    if quant is None and isinstance(hf, dict):
+        raise MLXCheckpointError(
+            where,
+            "is not an MLX checkpoint: it has a 'quantization_config' without 'quant_method' but no "
+            "'quantization' entry, which is what mlx-lm writes and reads.",
+            "If mlx_lm.convert made it, copy its quantization_config to a 'quantization' entry.",
+        )
     if not isinstance(quant, dict):
         raise MLXCheckpointError(
             where,
@@ -134,13 +95,9 @@ def quantization_config(config: dict[str, Any], where: str) -> dict[str, Any]:
     return quant
 
 
-def is_mlx_checkpoint(directory: Path) -> bool:
-    """True if `directory/config.json` carries an MLX quantization entry (cheap; reads no shard)."""
-    try:
-        quantization_config(read_config(directory), str(directory))
-    except MLXCheckpointError:
-        return False
-    return True
+def is_mlx_config(config: dict[str, Any]) -> bool:
+    """mlx-lm's rule: a checkpoint is MLX-quantized when config.json has a `quantization` entry."""
+    return isinstance(config.get("quantization"), dict)
 
 
 def module_params(quant: dict[str, Any], path: str, where: str) -> QuantParams | None:
@@ -197,9 +154,14 @@ def check_inside(path: Path, directory: Path) -> None:
 def list_shards(directory: Path) -> tuple[Path, ...]:
     # The index is never read (it may be stale or copied from another repository): the files on disk are
     # the truth, so an index cannot point the loader at other files.
-    shards = tuple(sorted(directory.glob("*.safetensors")))
+    shards = tuple(sorted(directory.glob(SHARD_GLOB)))
+    ignored = sorted(p.name for p in directory.glob("*.safetensors") if p not in shards)
     if not shards:
-        raise MLXCheckpointError(str(directory), "has a config.json but no *.safetensors weight files.")
+        found = f" (found only {', '.join(ignored)}, which mlx-lm does not load as weights)" if ignored else ""
+        raise MLXCheckpointError(str(directory), f"has a config.json but no {SHARD_GLOB} weight files{found}.")
+    if ignored:
+        logger.info("%s: ignoring %s (not %s: mlx-lm does not load it as weights either)",
+                    directory, ", ".join(ignored), SHARD_GLOB)
     for shard in shards:
         check_inside(shard, directory)
     return shards
@@ -238,8 +200,8 @@ def read_checkpoint(directory: str | Path) -> MLXCheckpoint:
     config = read_config(directory)
     config_where = str(directory / "config.json")
     quant = quantization_config(config, config_where)
-    arch = architecture(config, config_where)
-    expected = expected_weights(config, config_where)
+    adapter = adapter_for(config, config_where)
+    expected = adapter.expected_weights(config, config_where)
     shards = list_shards(directory)
     tensors = read_headers(shards)
 
@@ -249,33 +211,36 @@ def read_checkpoint(directory: str | Path) -> MLXCheckpoint:
         prefix, _, leaf = name.rpartition(".")
         if prefix in prefixes:
             if leaf == "weight":
-                entries.append(_quantized_module(prefix, tensors, quant, expected))
+                entries.append(_quantized_module(prefix, tensors, quant))
             elif leaf not in ("scales", "biases"):
-                entries.append(_plain(ref, expected))
+                entries.append(_plain(ref))
         elif leaf == "biases" and f"{prefix}.weight" in tensors and tensors[f"{prefix}.weight"].dtype == "U32":
             raise MLXCheckpointError(
                 ref.where(), f"is present but {prefix}.scales is missing.",
                 "The checkpoint is incomplete: re-download or re-convert it.",
             )
         else:
-            entries.append(_plain(ref, expected))
+            entries.append(_plain(ref))
     for prefix in sorted(prefixes):
         if f"{prefix}.weight" not in tensors:
             raise MLXCheckpointError(
                 tensors[f"{prefix}.scales"].where(), f"has no packed {prefix}.weight beside it.",
                 "The checkpoint is incomplete: re-download or re-convert it.",
             )
-    missing = sorted(set(expected) - {e.name for e in entries})
+    weights = adapter.weights(entries, config, config_where)
+    for weight in weights:
+        _check_dense_shape(weight, expected)
+    missing = sorted(set(expected) - {w.name for w in weights})
     if missing:
         shown = ", ".join(missing[:6]) + (f", ... ({len(missing)} in all)" if len(missing) > 6 else "")
         raise MLXCheckpointError(
-            str(directory), f"the shards lack weights that {arch} needs: {shown}.",
+            str(directory), f"the shards lack weights that {config['architectures'][0]} needs: {shown}.",
             _missing_shard_hint(directory) + "The checkpoint is incomplete: re-download or re-convert it.",
         )
     # Shards list `lm_head` right before `model.embed_tokens`: the two largest tensors. Whoever consumes the
     # stream (vLLM's loading loop, our generator) still holds one while the next is made, so keep them apart.
-    entries.sort(key=lambda e: e.name.startswith("lm_head."))
-    return MLXCheckpoint(directory, config, arch, shards, tuple(entries))
+    weights.sort(key=lambda w: w.name.startswith("lm_head."))
+    return MLXCheckpoint(directory, config, config["architectures"][0], shards, tuple(entries), tuple(weights))
 
 
 def _missing_shard_hint(directory: Path) -> str:
@@ -288,20 +253,18 @@ def _missing_shard_hint(directory: Path) -> str:
     return f"model.safetensors.index.json names {', '.join(absent)}, not in the directory. " if absent else ""
 
 
-def _plain(ref: TensorRef, expected: dict[str, tuple[int, ...]]) -> TensorRef:
+def _plain(ref: TensorRef) -> TensorRef:
     if ref.dtype == "U32":
         raise MLXCheckpointError(
             ref.where(), f"holds packed U32 codes but {ref.name.rpartition('.')[0]}.scales is missing.",
             "The checkpoint is incomplete: re-download or re-convert it.",
         )
-    _check_dense_shape(ref.where(), ref.name, ref.shape, expected, None)
     return ref
 
 
-def _check_dense_shape(
-    where: str, name: str, shape: tuple[int, ...], expected: dict[str, tuple[int, ...]],
-    module: QuantizedModule | None,
-) -> None:
+def _check_dense_shape(weight: Weight, expected: dict[str, tuple[int, ...]]) -> None:
+    where, name, shape = weight.where(), weight.name, weight.shape
+    module = weight.source if isinstance(weight.source, QuantizedModule) else None
     want = expected.get(name)
     if want is None:
         raise MLXCheckpointError(
@@ -326,9 +289,7 @@ def _check_dense_shape(
     raise MLXCheckpointError(where, f"expected dense shape {list(want)} from config.json, found {list(shape)}.", hint)
 
 
-def _quantized_module(
-    path: str, tensors: dict[str, TensorRef], quant: dict[str, Any], expected: dict[str, tuple[int, ...]]
-) -> QuantizedModule:
+def _quantized_module(path: str, tensors: dict[str, TensorRef], quant: dict[str, Any]) -> QuantizedModule:
     weight, scales = tensors[f"{path}.weight"], tensors[f"{path}.scales"]
     biases = tensors.get(f"{path}.biases")
     params = module_params(quant, path, scales.where())
@@ -371,5 +332,4 @@ def _quantized_module(
             f"found {weight.shape[-1]}.",
             "config.json's quantization entry does not match the tensors.",
         )
-    _check_dense_shape(weight.where(), module.name, module.shape, expected, module)
     return module

@@ -78,7 +78,7 @@ class MLXModelLoader(BaseModelLoader):
         stats = LoadStats(timed=self.timing or device.type == "cpu")
         weights = iter_dense_weights(ckpt, device, model_config.dtype, self.rounding, stats)
         progress = tqdm(
-            weights, total=len(ckpt.entries), desc="Loading MLX checkpoint", bar_format=_BAR_FORMAT,
+            weights, total=len(ckpt.weights), desc="Loading MLX checkpoint", bar_format=_BAR_FORMAT,
             disable=not enable_tqdm(self.load_config.use_tqdm_on_load),
         )
         loaded = model.load_weights(progress)
@@ -100,7 +100,7 @@ def check_all_loaded(model: nn.Module, loaded: set[str] | None, directory: Path)
     if loaded is None:
         raise MLXCheckpointError(
             str(directory), f"{type(model).__name__}.load_weights did not report which parameters it loaded.",
-            "vllm-mlx-loader cannot check this model for completeness; it supports Qwen3 models.",
+            "vllm-mlx-loader cannot check this model for completeness; see the README's support table.",
         )
     missing = sorted({name for name, _ in model.named_parameters()} - set(loaded))
     if missing:

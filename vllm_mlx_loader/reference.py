@@ -42,6 +42,24 @@ def check_memory(ckpt: MLXCheckpoint, headroom: float = 1.15) -> None:
         )
 
 
+def check_reference_can_load(ckpt: MLXCheckpoint) -> None:
+    """Refuse, before any work, a checkpoint whose dense names transformers' model lacks (transformers 5 fuses
+    MoE experts into 3-D parameters)."""
+    import transformers
+
+    from .architectures.meta_model import model_shapes
+
+    params = model_shapes(ckpt.config, str(ckpt.directory / "config.json"))
+    unplaced = sorted(w.name for w in ckpt.weights if w.name not in params)
+    if unplaced:
+        raise MLXCheckpointError(
+            str(ckpt.directory),
+            f"the float32 torch reference cannot place {unplaced[0]!r} ({len(unplaced)} weights in all): "
+            f"transformers {transformers.__version__}'s {ckpt.architecture} has no such parameter.",
+            "Pass --no-torch-reference: the MLX column is the independent reference for this model.",
+        )
+
+
 def _no_init_weights():
     try:
         from transformers.initialization import no_init_weights  # transformers 5

@@ -214,8 +214,9 @@ def compare(
 
 
 def check_memory_for_reference(ckpt: MLXCheckpoint) -> None:
-    from .reference import check_memory, reference_bytes
+    from .reference import check_memory, check_reference_can_load, reference_bytes
 
+    check_reference_can_load(ckpt)
     log(f"the float32 reference needs about {reference_bytes(ckpt) / 2**30:.2f} GiB of host memory")
     check_memory(ckpt)
 

@@ -21,7 +21,7 @@ from safetensors import safe_open
 from .buffers import OutputBuffers
 from .dequant import Rounding, dequantize_affine
 from .errors import MLXCheckpointError
-from .format import MLXCheckpoint, QuantizedModule, TensorRef
+from .format import MLXCheckpoint, QuantizedModule, TensorRef, Weight
 
 
 @dataclass
@@ -55,11 +55,13 @@ class ShardReader:
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
 
-    def read(self, ref: TensorRef) -> torch.Tensor:
+    def read(self, ref: TensorRef, index: int | None = None) -> torch.Tensor:
+        """The tensor `ref`, or only entry `index` of its leading axis (one expert of a stack)."""
         if ref.file not in self._files:
             self._files[ref.file] = self._stack.enter_context(safe_open(ref.file, framework="pt"))
         try:
-            tensor = self._files[ref.file].get_tensor(ref.name)
+            f = self._files[ref.file]
+            tensor = f.get_tensor(ref.name) if index is None else f.get_slice(ref.name)[index]
         except Exception as e:
             raise MLXCheckpointError(
                 ref.where(), f"could not be read ({type(e).__name__}: {e}).",
@@ -73,7 +75,7 @@ class ShardReader:
                 ref.where(), f"holds {bad} non-finite values (NaN or Inf) among {tensor.numel()}.",
                 "The checkpoint is damaged: re-download or re-convert it.",
             )
-        self.stats.bytes_read += ref.nbytes
+        self.stats.bytes_read += tensor.numel() * tensor.element_size()
         return tensor.to(self.device)
 
 
@@ -90,7 +92,7 @@ def iter_dense_weights(
     rounding: Rounding = "fused",
     stats: LoadStats | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield `(hf_name, dense tensor)` for every weight of `ckpt`, dequantized on `device`.
+    """Yield `(hf_name, dense tensor)` for every weight of `ckpt` (`ckpt.weights`), dequantized on `device`.
 
     Unquantized tensors (norms) come back in their stored dtype on `device`; the model's weight
     loader casts them as it copies. On the CPU, a dense tensor's memory is reused for a later one once the
@@ -102,17 +104,17 @@ def iter_dense_weights(
     buffers = OutputBuffers(buffer_capacity(ckpt, dtype)) if device.type == "cpu" else None
     with ShardReader(device, stats) as reader:
         try:
-            for entry in ckpt.entries:
+            for weight in ckpt.weights:
                 start = time.perf_counter()
-                if isinstance(entry, TensorRef):
-                    tensor = reader.read(entry)
+                if isinstance(weight.source, TensorRef):
+                    tensor = reader.read(weight.source, weight.index)
                     reader.sync(device)
                     stats.read_s += time.perf_counter() - start
                 else:
-                    out = None if buffers is None else buffers.empty(entry.shape, dtype)
-                    tensor = _dequantize(entry, reader, dtype, rounding, out)
+                    out = None if buffers is None else buffers.empty(weight.shape, dtype)
+                    tensor = _dequantize(weight, reader, dtype, rounding, out)
                 stats.tensors += 1
-                yield entry.name, tensor
+                yield weight.name, tensor
         finally:
             if buffers is not None:
                 buffers.release()
@@ -121,16 +123,17 @@ def iter_dense_weights(
 def buffer_capacity(ckpt: MLXCheckpoint, dtype: torch.dtype, limit: int = 1 << 28) -> int:
     """The largest dense module up to `limit` (256 MiB): the layers' projections share buffers, while the
     rare larger tensors (embeddings, lm_head) get their own memory rather than pin 3x their size."""
-    sizes = [math.prod(m.shape) * dtype.itemsize for m in ckpt.quantized]
+    sizes = [math.prod(w.shape) * dtype.itemsize for w in ckpt.weights if w.quantized]
     return max((n for n in sizes if n <= limit), default=0)
 
 
 def _dequantize(
-    module: QuantizedModule, reader: ShardReader, dtype: torch.dtype, rounding: Rounding, out: torch.Tensor | None,
+    target: Weight, reader: ShardReader, dtype: torch.dtype, rounding: Rounding, out: torch.Tensor | None,
 ) -> torch.Tensor:
-    stats, device = reader.stats, reader.device
+    stats, device, module = reader.stats, reader.device, target.source
+    assert isinstance(module, QuantizedModule)
     start = time.perf_counter()
-    weight, scales, biases = (reader.read(t) for t in (module.weight, module.scales, module.biases))
+    weight, scales, biases = (reader.read(t, target.index) for t in (module.weight, module.scales, module.biases))
     reader.sync(device)
     read_end = time.perf_counter()
     stats.read_s += read_end - start

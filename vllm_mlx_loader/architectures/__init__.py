@@ -1,0 +1,40 @@
+"""Architecture adapters: which checkpoints each family serves, the dense weights it must hold, and how
+MLX's stored names and tensors become what the vLLM model's own `load_weights` takes.
+
+One file per family. A dense architecture whose MLX names are the Hugging Face names needs only a line in
+`dense.py`; a family whose mlx-lm `sanitize` renames or stacks tensors gets its own adapter file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import MLXCheckpointError
+from .base import Adapter, Weight
+from .dense import DenseAdapter
+from .mixtral import MixtralAdapter
+from .qwen3_moe import Qwen3MoeAdapter
+
+ADAPTERS: tuple[Adapter, ...] = (DenseAdapter(), Qwen3MoeAdapter(), MixtralAdapter())
+SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(a for adapter in ADAPTERS for a in adapter.architectures)
+
+__all__ = ["ADAPTERS", "SUPPORTED_ARCHITECTURES", "Adapter", "Weight", "adapter_for", "architecture"]
+
+
+def architecture(config: dict[str, Any], where: str) -> str:
+    """Return the checkpoint's architecture, or raise if no adapter serves it."""
+    archs = config.get("architectures")
+    arch = archs[0] if isinstance(archs, list) and archs else archs
+    if not isinstance(arch, str) or arch not in SUPPORTED_ARCHITECTURES:
+        raise MLXCheckpointError(
+            where,
+            f"architecture {arch!r} has no MLX-to-vLLM mapping in vllm-mlx-loader "
+            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)}).",
+            "Open an issue with the checkpoint's config.json; see the README's support table for what is served.",
+        )
+    return arch
+
+
+def adapter_for(config: dict[str, Any], where: str) -> Adapter:
+    arch = architecture(config, where)
+    return next(a for a in ADAPTERS if arch in a.architectures)

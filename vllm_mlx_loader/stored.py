@@ -1,0 +1,62 @@
+"""The stored parts of an MLX checkpoint, as shard headers describe them: plain tensors and quantized modules.
+Descriptions only: no tensor data, no torch, no vLLM."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2,
+                "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """One tensor of one shard, as its header describes it."""
+
+    name: str
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return _DTYPE_BYTES.get(self.dtype, 1) * math.prod(self.shape)
+
+    def where(self) -> str:
+        return f"{self.file}: tensor {self.name!r}"
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    mode: str
+    bits: int
+    group_size: int
+
+
+@dataclass(frozen=True)
+class QuantizedModule:
+    """A quantized module `path`: packed `weight`, `scales` and (affine) `biases`, maybe in different shards."""
+
+    path: str
+    params: QuantParams
+    weight: TensorRef
+    scales: TensorRef
+    biases: TensorRef  # affine only; the fp modes (not supported yet) have none
+
+    @property
+    def name(self) -> str:
+        """The dense weight's name, as the Hugging Face model (and vLLM) calls it."""
+        return f"{self.path}.weight"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (*self.weight.shape[:-1], self.scales.shape[-1] * self.params.group_size)
+
+    @property
+    def nbytes(self) -> int:
+        return self.weight.nbytes + self.scales.nbytes + self.biases.nbytes
+
+
+Entry = QuantizedModule | TensorRef
