@@ -1,0 +1,123 @@
+"""Every architecture the adapters serve, on tiny models trained with transformers and converted by the real
+`mlx_lm.convert` (greedy parity with MLX in vLLM is `test_engine.py`'s, for every fixture)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import FIXTURES, tiny_qwen3
+from safetensors.torch import load_file
+
+from vllm_mlx_loader.architectures import SUPPORTED_ARCHITECTURES
+from vllm_mlx_loader.dequant import dequantize_affine
+from vllm_mlx_loader.format import read_checkpoint
+from vllm_mlx_loader.weights import LoadStats, ShardReader, iter_dense_weights
+
+mx = pytest.importorskip("mlx.core")
+
+ARCHITECTURES = {
+    "q4g64": "Qwen3ForCausalLM", "tied": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM",
+    "llama_tied": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "gemma3": "Gemma3ForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM", "mixtral": "MixtralForCausalLM",
+}
+MOE = ("qwen3_moe", "mixtral")
+# switch_mlp projection -> the Hugging Face expert name, as each family's modeling code spells it
+HF_EXPERT_NAMES = {
+    "qwen3_moe": {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"},
+    "mixtral": {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"},
+}
+
+
+def source_tensors(variant: str) -> dict[str, torch.Tensor]:
+    """The BF16 Hugging Face weights `mlx_lm.convert` quantized for `variant`."""
+    return load_file(FIXTURES / "_hf" / tiny_qwen3.VARIANTS[variant][1] / "model.safetensors")
+
+
+@pytest.mark.parametrize("variant", ARCHITECTURES)
+def test_streamed_weights_are_the_hugging_face_weights(variant, checkpoints) -> None:
+    """Names: exactly the source checkpoint's (a tied lm_head aside). Values: norms and biases exact, quantized
+    weights close to their BF16 originals, so a swapped name (gate for up, expert 1 for 2) cannot pass."""
+    ckpt = read_checkpoint(checkpoints[variant])
+    assert ckpt.architecture == ARCHITECTURES[variant] in SUPPORTED_ARCHITECTURES
+    source = source_tensors(variant)
+    streamed = dict(iter_dense_weights(ckpt, "cpu", torch.float32))
+    dropped = set(source) - set(streamed)
+    assert dropped == ({"lm_head.weight"} & set(source) if ckpt.config.get("tie_word_embeddings") else set())
+    assert set(streamed) <= set(source)
+    quantized = {w.name for w in ckpt.weights if w.quantized}
+    for name, tensor in streamed.items():
+        want = source[name].float()
+        assert tensor.shape == want.shape, name
+        if name in quantized:
+            cosine = torch.nn.functional.cosine_similarity(tensor.flatten(), want.flatten(), dim=0)
+            assert cosine > 0.98, (name, float(cosine))
+        else:
+            assert torch.equal(tensor, want), name
+    if variant == "qwen2":  # Linear `.bias` beside the quantization `.biases`
+        assert "model.layers.0.self_attn.q_proj.bias" in streamed
+        assert "model.layers.0.self_attn.q_proj.weight" in quantized
+
+
+@pytest.mark.parametrize("variant", MOE)
+def test_experts_are_read_one_slice_at_a_time_and_match_mx_dequantize(variant, checkpoints, monkeypatch) -> None:
+    ckpt = read_checkpoint(checkpoints[variant])
+    stacks = [m for m in ckpt.quantized if ".switch_mlp." in m.path]
+    assert stacks and all(len(m.shape) == 3 and m.shape[0] == 4 for m in stacks)
+    router = next(m for m in ckpt.quantized if m.path.endswith(".gate"))
+    assert router.params.bits == (8 if variant == "qwen3_moe" else 4)  # mlx-lm keeps Qwen3-MoE's router at 8 bits
+
+    read_shapes = []
+    original = ShardReader.read
+
+    def recording(self, ref, index=None):
+        tensor = original(self, ref, index)
+        read_shapes.append((ref.name, tuple(tensor.shape)))
+        return tensor
+
+    monkeypatch.setattr(ShardReader, "read", recording)
+    streamed = dict(iter_dense_weights(ckpt, "cpu", torch.bfloat16, rounding="mlx_cpu"))
+    # no read ever returns a whole stack: each is one expert's [out, in_packed] (or its scales/biases)
+    assert all(len(shape) <= 2 for _, shape in read_shapes)
+    weights = mx.load(str(ckpt.shards[0]))
+    names = HF_EXPERT_NAMES[variant]
+    for module in stacks:
+        p = module.params
+        dense = mx.dequantize(*(weights[f"{module.path}.{x}"] for x in ("weight", "scales", "biases")),
+                              group_size=p.group_size, bits=p.bits)
+        block, proj = module.path.split(".switch_mlp.")
+        for e in range(module.shape[0]):
+            got = streamed[f"{block}.experts.{e}.{names[proj]}.weight"]
+            want = torch.from_numpy(np.array(dense[e].view(mx.uint16))).view(torch.bfloat16)
+            assert torch.equal(got, want), (module.path, e)
+
+
+def test_dequantizing_one_expert_equals_slicing_the_dense_stack(checkpoints) -> None:
+    ckpt = read_checkpoint(checkpoints["qwen3_moe"])
+    module = next(m for m in ckpt.quantized if ".switch_mlp." in m.path)
+    p = module.params
+    with ShardReader(torch.device("cpu"), LoadStats()) as reader:
+        whole = dequantize_affine(*(reader.read(t) for t in (module.weight, module.scales, module.biases)),
+                                  bits=p.bits, group_size=p.group_size)
+        for e in range(module.shape[0]):
+            one = dequantize_affine(*(reader.read(t, e) for t in (module.weight, module.scales, module.biases)),
+                                    bits=p.bits, group_size=p.group_size)
+            assert torch.equal(one, whole[e])
+
+
+def test_torch_reference_refuses_experts_it_cannot_place_up_front(checkpoints) -> None:
+    """transformers 5 fuses MoE experts into 3-D parameters: validate's float32 torch column says so before any
+    engine starts (the MLX column still covers the model)."""
+    import transformers
+
+    from vllm_mlx_loader.errors import MLXCheckpointError
+    from vllm_mlx_loader.reference import check_reference_can_load
+
+    check_reference_can_load(read_checkpoint(checkpoints["llama"]))
+    moe = read_checkpoint(checkpoints["qwen3_moe"])
+    if int(transformers.__version__.split(".")[0]) < 5:
+        check_reference_can_load(moe)  # 4.x lists experts one by one, as the checkpoint names them
+        return
+    with pytest.raises(MLXCheckpointError, match=r"cannot place 'model.layers.0.mlp.experts.0.\w+.weight'.*"
+                                                 r"Pass --no-torch-reference"):
+        check_reference_can_load(moe)
