@@ -2,12 +2,17 @@
 checkpoint of the same weights, and vs the two-step `mlx_lm.convert -d` + BF16 load, in one run.
 
     python benchmarks/bench_load.py MLX_DIR [--trials 3] [--serve [--serve-trials N]] [--json OUT]
+    python benchmarks/bench_load.py MLX_DIR --tp 2 [--trials 3] [--json OUT]
 
 The BF16 checkpoint is written once by `python -m vllm_mlx_loader.convert` (same weights, same bytes as
 `mlx_lm.convert -d` up to one rounding). Each load runs in a fresh process (`LLM(...)` to ready, enforce
 eager, 1 GiB KV cache for both), warm page cache, with the process tree's peak RSS sampled every 50 ms.
 `--serve` adds the seed's latency table: input 32/64/128 x output 32/64 tokens, one request at a time,
 greedy, mean latency and tokens/s for both checkpoints (--serve-trials timed requests per cell, default 3).
+`--tp N` instead loads the MLX checkpoint at tensor parallel 1 and N and reports, per rank, the weights
+phase and the bytes read and dequantized, from the loader's log lines (on the CPU every rank, TP=1's
+included, gets one core through `VLLM_CPU_OMP_THREADS_BIND`, so the ratio compares the work per rank;
+target: each rank's weights phase <= 0.6x of TP=1's).
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ if __name__ == "__main__":
     start = time.perf_counter()
     from vllm import LLM, SamplingParams
     model, load_format, serve = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    tp = int(sys.argv[4]) if len(sys.argv) > 4 else 1
     llm = LLM(model=model, load_format=load_format, enforce_eager=True, skip_tokenizer_init=True,
-              max_model_len=512, max_num_seqs=4, gpu_memory_utilization=0.3, seed=0)
+              max_model_len=512, max_num_seqs=4, gpu_memory_utilization=0.3, seed=0, tensor_parallel_size=tp)
     ready = time.perf_counter() - start
     table = []
     if serve:
@@ -85,6 +91,60 @@ def load_once(model: Path, load_format: str, serve_trials: int) -> dict:
     return result
 
 
+RANK_LINE = re.compile(
+    r"Loaded MLX checkpoint \(.*?([\d.]+) MB read from \d+ shard\(s\), ([\d.]+) MB dequantized\) on \S+"
+    r"(?: \(tensor-parallel rank (\d+) of \d+\))?: .*total ([\d.]+) s"
+)
+
+
+def load_ranks(model: Path, tp: int) -> dict:
+    """One load at tensor parallel `tp`: ready time, peak RSS, and each rank's loader figures."""
+    # one core per rank, TP=1 included: the ratio compares the work each rank does
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "|".join(map(str, range(tp)))}
+    wall, rss, out = run_measured([sys.executable, "-c", CHILD, str(model), "mlx-4bit", "0", str(tp)], env)
+    ranks = sorted(
+        ({"rank": int(m[3] or 0), "read_mb": float(m[1]), "dequantized_mb": float(m[2]), "weights_s": float(m[4])}
+         for m in RANK_LINE.finditer(out)), key=lambda r: r["rank"],
+    )
+    if len(ranks) != tp:
+        raise RuntimeError(f"expected {tp} loader log lines, found {len(ranks)}:\n{out[-3000:]}")
+    ready = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])["ready_s"]
+    return {"tp": tp, "ready_s": ready, "wall_s": wall, "peak_rss_gib": rss, "ranks": ranks}
+
+
+def tp_main(args: argparse.Namespace) -> int:
+    runs: dict[int, list[dict]] = {1: [], args.tp: []}
+    for trial in range(args.trials):
+        for tp in runs:
+            warm(args.model)
+            r = load_ranks(args.model, tp)
+            runs[tp].append(r)
+            per_rank = ", ".join(
+                f"rank {x['rank']}: weights {x['weights_s']:.2f} s, read {x['read_mb']:.1f} MB, "
+                f"dequantized {x['dequantized_mb']:.1f} MB" for x in r["ranks"]
+            )
+            print(f"  TP={tp} trial {trial}: ready {r['ready_s']:.1f} s; {per_rank}", flush=True)
+    median = {tp: statistics.median(max(x["weights_s"] for x in r["ranks"]) for r in v) for tp, v in runs.items()}
+    summary = {
+        "weights_s_tp1": median[1], f"weights_s_slowest_rank_tp{args.tp}": median[args.tp],
+        "ratio": median[args.tp] / median[1],
+        "read_mb_per_rank": {tp: v[0]["ranks"][0]["read_mb"] for tp, v in runs.items()},
+        "dequantized_mb_per_rank": {tp: v[0]["ranks"][0]["dequantized_mb"] for tp, v in runs.items()},
+    }
+    print(f"weights phase (median, slowest rank): TP=1 {median[1]:.2f} s, TP={args.tp} {median[args.tp]:.2f} s: "
+          f"ratio {summary['ratio']:.2f} (target <= 0.6)")
+    write_json(args, summary, runs)
+    return 0
+
+
+def write_json(args: argparse.Namespace, summary: dict, runs: dict) -> None:
+    if args.json:
+        args.json.write_text(json.dumps({
+            "model": str(args.model), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "summary": summary, "runs": runs,
+        }, indent=2) + "\n")
+
+
 def warm(path: Path) -> None:
     for file in path.glob("*.safetensors"):
         with open(file, "rb") as f:
@@ -99,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve", action="store_true")
     parser.add_argument("--serve-trials", type=int, default=3, help="timed requests per serving cell")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--tp", type=int, help="compare tensor parallel 1 with this size (MLX loads only)")
     args = parser.parse_args(argv)
+    if args.tp:
+        return tp_main(args)
     with tempfile.TemporaryDirectory(dir=args.model.parent) as tmp:
         bf16 = Path(tmp) / "bf16"
         subprocess.run([sys.executable, "-m", "vllm_mlx_loader.convert", str(args.model), str(bf16)],
@@ -135,11 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             la, lb = statistics.mean(a["latency_s"]), statistics.mean(b["latency_s"])
             print(f"  in {a['input']:>3} out {a['output']:>2}: {la:.3f} s {a['output'] / la:.1f} tok/s | "
                   f"{lb:.3f} s {b['output'] / lb:.1f} tok/s | ratio {la / lb:.3f}")
-    if args.json:
-        args.json.write_text(json.dumps({
-            "model": str(args.model), "machine": platform.machine(), "cpus": os.cpu_count(),
-            "summary": summary, "runs": runs,
-        }, indent=2) + "\n")
+    write_json(args, summary, runs)
     return 0
 
 

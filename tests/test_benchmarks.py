@@ -62,6 +62,7 @@ def test_dequant_benchmark_smoke(tmp_path, capsys) -> None:
 
 
 @pytest.mark.engine
+@pytest.mark.latest_only  # a benchmark smoke starts vLLM twice or more: once per CI run is enough
 def test_load_benchmark_smoke(checkpoints, tmp_path, capsys) -> None:
     assert bench_load.main([str(checkpoints["q4g64"]), "--trials", "1", "--json", str(tmp_path / "r.json")]) == 0
     out = capsys.readouterr().out
@@ -71,6 +72,21 @@ def test_load_benchmark_smoke(checkpoints, tmp_path, capsys) -> None:
 
 
 @pytest.mark.engine
+@pytest.mark.latest_only  # a benchmark smoke starts vLLM twice or more: once per CI run is enough
+def test_load_benchmark_tensor_parallel_smoke(checkpoints, tmp_path, capsys) -> None:
+    out = tmp_path / "r.json"
+    assert bench_load.main([str(checkpoints["q4g64"]), "--tp", "2", "--trials", "1", "--json", str(out)]) == 0
+    assert "target <= 0.6" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    (tp1,), (tp2,) = result["runs"]["1"], result["runs"]["2"]
+    assert [r["rank"] for r in tp2["ranks"]] == [0, 1]
+    for rank in tp2["ranks"]:  # each rank reads and dequantizes about half of what one rank does alone
+        assert rank["read_mb"] < 0.6 * tp1["ranks"][0]["read_mb"]
+        assert rank["dequantized_mb"] <= 0.5 * tp1["ranks"][0]["dequantized_mb"] + 0.1
+
+
+@pytest.mark.engine
+@pytest.mark.latest_only  # a benchmark smoke starts vLLM twice or more: once per CI run is enough
 def test_validate_benchmark_smoke(checkpoints, tmp_path, capsys) -> None:
     import bench_validate
 

@@ -40,7 +40,7 @@ os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the model lives in this pr
 if __name__ == "__main__":
     import torch
     from vllm import LLM
-    from vllm_mlx_loader import loader
+    from vllm_mlx_loader.vllm import loader
 
     # vLLM's CPU backend repacks every linear after loading and leaves its `.weight` empty, so the parameters
     # are read right after the loader wrote them, before process_weights_after_loading.

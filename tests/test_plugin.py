@@ -23,7 +23,7 @@ def test_entry_point_imports_and_registers_both_formats() -> None:
     from vllm.config.load import LoadConfig
     from vllm.model_executor.model_loader import get_model_loader
 
-    from vllm_mlx_loader.loader import MLXModelLoader
+    from vllm_mlx_loader.vllm.loader import MLXModelLoader
 
     for name in ("mlx-4bit", "mlx"):
         assert type(get_model_loader(LoadConfig(load_format=name))) is MLXModelLoader
@@ -42,14 +42,14 @@ def test_engine_hook_is_installed_once() -> None:
 
     vllm_mlx_loader.register()
     first = EngineArgs.create_model_config
-    vllm_mlx_loader.engine_hook.install()
+    vllm_mlx_loader.vllm.engine_hook.install()
     assert EngineArgs.create_model_config is first
 
 
 def test_hook_keeps_other_hf_overrides(checkpoints) -> None:
     from vllm.engine.arg_utils import EngineArgs
 
-    from vllm_mlx_loader.engine_hook import prepare_engine_args
+    from vllm_mlx_loader.vllm.engine_hook import prepare_engine_args
 
     args = EngineArgs(model=str(checkpoints["q4g64"]), load_format="mlx", hf_overrides={"max_window_layers": 3})
     prepare_engine_args(args)
@@ -82,7 +82,7 @@ def test_hook_wraps_a_callable_hf_overrides_and_the_config_serialises(checkpoint
 def test_hook_leaves_other_checkpoints_alone(bf16_source) -> None:
     from vllm.engine.arg_utils import EngineArgs
 
-    from vllm_mlx_loader.engine_hook import prepare_engine_args
+    from vllm_mlx_loader.vllm.engine_hook import prepare_engine_args
 
     args = EngineArgs(model=str(bf16_source))
     prepare_engine_args(args)
@@ -100,7 +100,7 @@ def test_hook_leaves_other_checkpoints_alone(bf16_source) -> None:
 def test_extra_config_is_checked_up_front(extra, message) -> None:
     from vllm.config.load import LoadConfig
 
-    from vllm_mlx_loader.loader import MLXModelLoader
+    from vllm_mlx_loader.vllm.loader import MLXModelLoader
 
     with pytest.raises(MLXCheckpointError, match=message):
         MLXModelLoader(LoadConfig(load_format="mlx", model_loader_extra_config=extra))
@@ -113,10 +113,29 @@ class TwoLinears(nn.Module):
 
 
 def test_completeness_check_names_what_was_not_loaded() -> None:
-    from vllm_mlx_loader.loader import check_all_loaded
+    from vllm_mlx_loader.vllm.loader import check_all_loaded
 
     model = TwoLinears()
     check_all_loaded(model, {"a.weight", "a.bias", "b.weight", "b.bias"}, Path("/m"))
     with pytest.raises(MLXCheckpointError, match=r"/m: the checkpoint left model parameters uninitialised: "
                        r"b.bias, b.weight\. The checkpoint is incomplete"):
         check_all_loaded(model, {"a.weight", "a.bias"}, Path("/m"))
+
+
+def test_every_private_api_the_plugin_uses_is_where_it_expects() -> None:
+    """vllm/compat.py holds the private vLLM APIs; a vLLM (or torch) release that moves one fails here."""
+    import torch
+    from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size  # noqa: F401
+    from vllm.model_executor.model_loader.weight_utils import _BAR_FORMAT
+
+    import vllm_mlx_loader
+    from vllm_mlx_loader.vllm import compat
+    from vllm_mlx_loader.vllm.loader import MLXModelLoader
+
+    vllm_mlx_loader.register()
+    assert compat.bar_format() == _BAR_FORMAT
+    assert compat.registered_loader("mlx-4bit") is MLXModelLoader and compat.registered_loader("nope") is None
+    processor = compat.logprobs_processor()
+    assert all(callable(getattr(processor, m)) for m in compat.LOGPROBS_METHODS)
+    # torch: buffer reuse (buffers.py) and LazyDense's metadata answers (lazy_dense.py)
+    assert callable(torch._C._storage_Use_Count) and torch._C.DisableTorchFunctionSubclass

@@ -66,20 +66,20 @@ def swap_nibbles_of(path: str):
     """A deliberately broken dequantization: one tensor's nibble pairs swapped before unpacking."""
     original = weights._dequantize
 
-    def broken(module, reader, dtype, rounding, out):
+    def broken(module, lead, reader, *args, **kwargs):
         if module.path != path:
-            return original(module, reader, dtype, rounding, out)
+            return original(module, lead, reader, *args, **kwargs)
         real_read = reader.read
 
-        def read(ref):
-            t = real_read(ref)
+        def read(ref, key=None):
+            t = real_read(ref, key)
             if ref is module.weight:
                 t = ((t & 0x0F0F0F0F) << 4) | ((t >> 4) & 0x0F0F0F0F)
             return t
 
         reader.read = read
         try:
-            return original(module, reader, dtype, rounding, out)
+            return original(module, lead, reader, *args, **kwargs)
         finally:
             reader.read = real_read
 

@@ -18,9 +18,9 @@ def register() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    from . import engine_hook
     from .hf_compat import teach_tokenizers_backend
-    from .loader import register_loader
+    from .vllm import engine_hook
+    from .vllm.loader import register_loader
 
     register_loader()
     engine_hook.install()

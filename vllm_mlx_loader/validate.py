@@ -35,10 +35,10 @@ from typing import Any
 import torch
 
 from . import accuracy, report
-from .device_logits import DeviceRun, rows_per_block, run_device, shutdown_llm
 from .errors import MLXCheckpointError
 from .format import MLXCheckpoint, read_checkpoint
 from .hf_compat import load_tokenizer
+from .vllm.device_logits import DeviceRun, rows_per_block, run_device, shutdown_llm
 
 __all__ = ["main", "shutdown_llm", "validate"]
 

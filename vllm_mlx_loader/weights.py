@@ -2,14 +2,16 @@
 
 One module at a time: its packed codes, scales and biases are read from their shards (memory-mapped),
 moved to the device as packed data (~4.5 bits per weight for 4-bit), and dequantized there. Host memory
-holds one module's tensors at a time, never a dense copy of the model.
+holds one module's tensors at a time, never a dense copy of the model. With `sliced=True` (tensor
+parallelism) each weight is a `LazyDense`: the rows and whole groups of columns the consumer narrows it to
+are all that is read and dequantized.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +23,18 @@ from safetensors import safe_open
 from .buffers import OutputBuffers
 from .dequant import Rounding, dequantize_affine
 from .errors import MLXCheckpointError
-from .format import MLXCheckpoint, QuantizedModule, TensorRef, Weight
+from .format import MLXCheckpoint, QuantizedModule, TensorRef
+from .lazy_dense import LazyDense, Region
+
+Key = int | tuple[int | slice, ...] | None  # the whole tensor, one entry of its leading axis, or a slice
+PLAIN_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
 
 
 @dataclass
 class LoadStats:
     tensors: int = 0
     bytes_read: int = 0
+    bytes_dequantized: int = 0  # dense bytes made from packed codes
     read_s: float = 0.0
     dequant_s: float = 0.0
     timed: bool = True  # False: on an accelerator, read_s and dequant_s are queueing times, not work
@@ -54,14 +61,16 @@ class ShardReader:
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
+        self._files.clear()  # a lazy weight made after the stream ended reopens its shard
 
-    def read(self, ref: TensorRef, index: int | None = None) -> torch.Tensor:
-        """The tensor `ref`, or only entry `index` of its leading axis (one expert of a stack)."""
+    def read(self, ref: TensorRef, key: Key = None) -> torch.Tensor:
+        """The tensor `ref`, or only `ref[key]` (one expert of a stack, a rank's rows or columns): safetensors
+        reads just those bytes."""
         if ref.file not in self._files:
             self._files[ref.file] = self._stack.enter_context(safe_open(ref.file, framework="pt"))
         try:
             f = self._files[ref.file]
-            tensor = f.get_tensor(ref.name) if index is None else f.get_slice(ref.name)[index]
+            tensor = f.get_tensor(ref.name) if key is None else f.get_slice(ref.name)[key]
         except Exception as e:
             raise MLXCheckpointError(
                 ref.where(), f"could not be read ({type(e).__name__}: {e}).",
@@ -91,13 +100,15 @@ def iter_dense_weights(
     dtype: torch.dtype = torch.bfloat16,
     rounding: Rounding = "fused",
     stats: LoadStats | None = None,
+    sliced: bool = False,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield `(hf_name, dense tensor)` for every weight of `ckpt` (`ckpt.weights`), dequantized on `device`.
 
     Unquantized tensors (norms) come back in their stored dtype on `device`; the model's weight
     loader casts them as it copies. On the CPU, a dense tensor's memory is reused for a later one once the
     consumer has dropped every reference to it (`buffers.py`), never before. On an accelerator the work is
-    queued without waiting for the device, unless `stats.timed` asks for per-phase times.
+    queued without waiting for the device, unless `stats.timed` asks for per-phase times. With `sliced`, each
+    tensor is a `LazyDense` that reads and dequantizes only the region the consumer narrows it to.
     """
     device = torch.device(device)
     stats = stats if stats is not None else LoadStats(timed=device.type == "cpu")
@@ -105,14 +116,17 @@ def iter_dense_weights(
     with ShardReader(device, stats) as reader:
         try:
             for weight in ckpt.weights:
-                start = time.perf_counter()
-                if isinstance(weight.source, TensorRef):
-                    tensor = reader.read(weight.source, weight.index)
-                    reader.sync(device)
-                    stats.read_s += time.perf_counter() - start
+                lead = () if weight.index is None else (weight.index,)
+                source = weight.source
+                if sliced and (isinstance(source, QuantizedModule) or source.dtype in PLAIN_DTYPES):
+                    make = _region_maker(source, lead, reader, dtype, rounding, buffers)
+                    kind = dtype if isinstance(source, QuantizedModule) else PLAIN_DTYPES[source.dtype]
+                    tensor = LazyDense(make, weight.shape, kind, device)
+                elif isinstance(source, TensorRef):
+                    tensor = _read_plain(source, weight.index, reader)
                 else:
                     out = None if buffers is None else buffers.empty(weight.shape, dtype)
-                    tensor = _dequantize(weight, reader, dtype, rounding, out)
+                    tensor = _dequantize(source, lead, reader, dtype, rounding, out=out)
                 stats.tensors += 1
                 yield weight.name, tensor
         finally:
@@ -127,20 +141,59 @@ def buffer_capacity(ckpt: MLXCheckpoint, dtype: torch.dtype, limit: int = 1 << 2
     return max((n for n in sizes if n <= limit), default=0)
 
 
-def _dequantize(
-    target: Weight, reader: ShardReader, dtype: torch.dtype, rounding: Rounding, out: torch.Tensor | None,
-) -> torch.Tensor:
-    stats, device, module = reader.stats, reader.device, target.source
-    assert isinstance(module, QuantizedModule)
+def _read_plain(ref: TensorRef, key: Key, reader: ShardReader) -> torch.Tensor:
     start = time.perf_counter()
-    weight, scales, biases = (reader.read(t, target.index) for t in (module.weight, module.scales, module.biases))
+    tensor = reader.read(ref, key)
+    reader.sync(reader.device)
+    reader.stats.read_s += time.perf_counter() - start
+    return tensor
+
+
+def _dequantize(
+    module: QuantizedModule, lead: tuple[int, ...], reader: ShardReader, dtype: torch.dtype, rounding: Rounding,
+    out: torch.Tensor | None = None, rows: slice = slice(None), cols: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Dense `module` (entry `lead` of a stack): all of it, or rows `rows` and input columns `cols`, which
+    must cover whole groups."""
+    stats, device, p = reader.stats, reader.device, module.params
+    whole = not lead and rows == slice(None) and cols is None
+    w_key = s_key = None if whole else (*lead, rows)
+    if cols is not None:
+        w_key = (*lead, rows, slice(cols[0] * p.bits // 32, cols[1] * p.bits // 32))
+        s_key = (*lead, rows, slice(cols[0] // p.group_size, cols[1] // p.group_size))
+    start = time.perf_counter()
+    weight, scales, biases = (
+        reader.read(module.weight, w_key), reader.read(module.scales, s_key), reader.read(module.biases, s_key)
+    )
     reader.sync(device)
     read_end = time.perf_counter()
     stats.read_s += read_end - start
-    p = module.params
     dense = dequantize_affine(
         weight, scales, biases, bits=p.bits, group_size=p.group_size, dtype=dtype, rounding=rounding, out=out
     )
     reader.sync(device)
     stats.dequant_s += time.perf_counter() - read_end
+    stats.bytes_dequantized += dense.numel() * dense.element_size()
     return dense
+
+
+def _region_maker(
+    source: QuantizedModule | TensorRef, lead: tuple[int, ...], reader: ShardReader, dtype: torch.dtype,
+    rounding: Rounding, buffers: OutputBuffers | None,
+) -> Callable[[Region], torch.Tensor]:
+    """How a `LazyDense` makes a region: a plain tensor's slice as stored; a quantized weight's rows and, where
+    the columns start and end on group boundaries, only those groups (otherwise every group of the rows)."""
+
+    def make(region: Region) -> torch.Tensor:
+        if isinstance(source, TensorRef):
+            return _read_plain(source, (*lead, *(slice(a, b) for a, b in region)), reader)
+        if len(region) != 2:  # not a matrix: make it whole
+            return _dequantize(source, lead, reader, dtype, rounding)[tuple(slice(a, b) for a, b in region)]
+        (r0, r1), (c0, c1) = region
+        rows, g = slice(r0, r1), source.params.group_size
+        if c0 % g == 0 and c1 % g == 0:
+            out = None if buffers is None else buffers.empty((r1 - r0, c1 - c0), dtype)
+            return _dequantize(source, lead, reader, dtype, rounding, out=out, rows=rows, cols=(c0, c1))
+        return _dequantize(source, lead, reader, dtype, rounding, rows=rows)[:, c0:c1]
+
+    return make

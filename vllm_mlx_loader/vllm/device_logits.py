@@ -107,7 +107,9 @@ def _capture_raw_logits(sink: Callable[[torch.Tensor, torch.Tensor, bool], None]
     turning them into Python objects (vLLM 0.18-0.32: `LogprobsProcessor._update_prompt_logprobs` takes
     `(token_ids, logprobs, ranks, ...)` tensors of `[positions, k]`; `_update_sample_logprobs` takes lists of
     per-position numpy rows, sampled token first)."""
-    from vllm.v1.engine.logprobs import LogprobsProcessor
+    from .compat import logprobs_processor
+
+    LogprobsProcessor = logprobs_processor()
 
     def prompt_logprobs(self: Any, tensors: Any) -> None:
         sink(tensors[0], tensors[1], True)

@@ -1,7 +1,9 @@
 """The vLLM side: a `BaseModelLoader` that feeds dequantized MLX weights to the model's own `load_weights`.
 
 vLLM's model class keeps doing what it does for a BF16 checkpoint (tensor-parallel sharding, fused
-qkv / gate_up parameters); this loader only changes where the dense tensors come from.
+qkv / gate_up parameters); this loader only changes where the dense tensors come from. Under tensor
+parallelism the tensors are `LazyDense`: the model's weight loaders narrow them to the rank's part as usual,
+and only that part is read and dequantized.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from vllm.config import ModelConfig
 from vllm.config.load import LoadConfig
 from vllm.logger import init_logger
 from vllm.model_executor.model_loader.base_loader import BaseModelLoader
-from vllm.model_executor.model_loader.weight_utils import _BAR_FORMAT, download_weights_from_hf, enable_tqdm
+from vllm.model_executor.model_loader.weight_utils import download_weights_from_hf, enable_tqdm
 
-from .dequant import ROUNDINGS, Rounding
-from .errors import MLXCheckpointError
-from .format import read_checkpoint
-from .weights import LoadStats, iter_dense_weights, synchronize
+from ..dequant import ROUNDINGS, Rounding
+from ..errors import MLXCheckpointError
+from ..format import read_checkpoint
+from ..weights import LoadStats, iter_dense_weights, synchronize
+from . import compat
 
 logger = init_logger("vllm.mlx_loader")
 
@@ -76,9 +79,10 @@ class MLXModelLoader(BaseModelLoader):
         ckpt = read_checkpoint(self._model_dir(model_config))
         device = next(model.parameters()).device
         stats = LoadStats(timed=self.timing or device.type == "cpu")
-        weights = iter_dense_weights(ckpt, device, model_config.dtype, self.rounding, stats)
+        tp_rank, tp_size = compat.tensor_parallel()
+        weights = iter_dense_weights(ckpt, device, model_config.dtype, self.rounding, stats, sliced=tp_size > 1)
         progress = tqdm(
-            weights, total=len(ckpt.weights), desc="Loading MLX checkpoint", bar_format=_BAR_FORMAT,
+            weights, total=len(ckpt.weights), desc="Loading MLX checkpoint", bar_format=compat.bar_format(),
             disable=not enable_tqdm(self.load_config.use_tqdm_on_load),
         )
         loaded = model.load_weights(progress)
@@ -88,10 +92,12 @@ class MLXModelLoader(BaseModelLoader):
             f"reading {stats.read_s:.2f} s, dequantizing {stats.dequant_s:.2f} s, " if stats.timed
             else "reading and dequantizing overlapped (timing=true splits them), "
         )
+        rank = f" (tensor-parallel rank {tp_rank} of {tp_size})" if tp_size > 1 else ""
         logger.info(
-            "Loaded MLX checkpoint (%d tensors, %d quantized, %.1f MB read from %d shard(s)) on %s: %stotal %.2f s",
-            stats.tensors, len(ckpt.quantized), stats.bytes_read / 1e6, len(ckpt.shards), device, phases,
-            time.perf_counter() - start,
+            "Loaded MLX checkpoint (%d tensors, %d quantized, %.1f MB read from %d shard(s), %.1f MB dequantized) "
+            "on %s%s: %stotal %.2f s",
+            stats.tensors, len(ckpt.quantized), stats.bytes_read / 1e6, len(ckpt.shards),
+            stats.bytes_dequantized / 1e6, device, rank, phases, time.perf_counter() - start,
         )
 
 
@@ -112,9 +118,7 @@ def check_all_loaded(model: nn.Module, loaded: set[str] | None, directory: Path)
 
 
 def _is_registered() -> bool:
-    from vllm.model_executor.model_loader import _LOAD_FORMAT_TO_MODEL_LOADER
-
-    return all(_LOAD_FORMAT_TO_MODEL_LOADER.get(f) is MLXModelLoader for f in LOAD_FORMATS)
+    return all(compat.registered_loader(f) is MLXModelLoader for f in LOAD_FORMATS)
 
 
 def register_loader() -> None:

@@ -20,8 +20,8 @@ from typing import Any
 
 from vllm.logger import init_logger
 
-from .format import is_mlx_config, read_checkpoint
-from .hf_compat import QUANTIZATION_CONFIG, WithoutQuantizationConfig, drop_quantization_config
+from ..format import is_mlx_config, read_checkpoint
+from ..hf_compat import QUANTIZATION_CONFIG, WithoutQuantizationConfig, drop_quantization_config
 from .loader import LOAD_FORMATS
 
 logger = init_logger("vllm.mlx_loader")
