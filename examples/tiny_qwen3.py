@@ -39,6 +39,34 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
 FAMILIES = ("llama", "llama_tied", "qwen2", "gemma3", "qwen3_moe", "mixtral")
 FAMILY_VARIANTS = {name: (["-q", "--q-bits", "4", "--q-group-size", "64"], name) for name in FAMILIES}
 VARIANTS.update(FAMILY_VARIANTS)
+# MLX's float modes, and a per-layer mix of modes (`mixed_modes`: a quant_predicate, as mlx_lm.convert's Python API
+# takes it), all from the untied Qwen3.
+MODE_VARIANTS: dict[str, tuple[list[str], str]] = {
+    "mxfp4": (["-q", "--q-mode", "mxfp4"], "untied"),
+    "mxfp8": (["-q", "--q-mode", "mxfp8"], "untied"),
+    "nvfp4": (["-q", "--q-mode", "nvfp4"], "untied"),
+    "mixed_modes": (["--mixed-modes"], "untied"),
+}
+VARIANTS.update(MODE_VARIANTS)
+
+
+def mixed_modes_predicate(path: str, module) -> dict | bool:
+    """MLPs in mxfp4, attention 8-bit affine, embeddings nvfp4, lm_head mxfp8: one mode per layer kind."""
+    if not hasattr(module, "to_quantized"):
+        return False
+    if ".mlp." in path:
+        return {"group_size": 32, "bits": 4, "mode": "mxfp4"}
+    if ".self_attn." in path:
+        return {"group_size": 64, "bits": 8, "mode": "affine"}
+    if "embed_tokens" in path:
+        return {"group_size": 16, "bits": 4, "mode": "nvfp4"}
+    return {"group_size": 32, "bits": 8, "mode": "mxfp8"}
+
+
+def convert_mixed_modes(src: Path, out: Path) -> None:
+    from mlx_lm.convert import convert
+
+    convert(str(src), str(out), quantize=True, quant_predicate=mixed_modes_predicate)
 
 CAPITALS = {
     "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Japan": "Tokyo",
@@ -214,10 +242,11 @@ def build_variant(root: Path, name: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     out = tmp / "model"
     print(f"mlx_lm.convert {' '.join(args)} -> {dst}", flush=True)
-    subprocess.run(
-        [sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(src), "--mlx-path", str(out), *args],
-        check=True, stdout=subprocess.DEVNULL,
-    )
+    if args == ["--mixed-modes"]:
+        command = [sys.executable, __file__, "--convert-mixed-modes", str(src), str(out)]
+    else:
+        command = [sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(src), "--mlx-path", str(out), *args]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     _publish(out, dst)
     shutil.rmtree(tmp)
     return dst
@@ -225,9 +254,15 @@ def build_variant(root: Path, name: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("out_dir", type=Path, nargs="?")
     parser.add_argument("--variants", nargs="+", default=["q4g128"], choices=[*sorted(VARIANTS), "all"])
+    parser.add_argument("--convert-mixed-modes", nargs=2, type=Path, metavar=("SRC", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.convert_mixed_modes:
+        convert_mixed_modes(*args.convert_mixed_modes)
+        return 0
+    if args.out_dir is None:
+        parser.error("OUT_DIR is required")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for name in sorted(VARIANTS) if "all" in args.variants else args.variants:
         path = build_variant(args.out_dir, name)

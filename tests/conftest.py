@@ -17,8 +17,10 @@ from vllm_mlx_loader.validate import shutdown_llm as shutdown  # noqa: E402, F40
 
 FIXTURES = Path(os.environ.get("VLLM_MLX_FIXTURES", REPO / ".cache" / "fixtures"))
 VARIANTS = sorted(tiny_qwen3.VARIANTS)
-# on the older vLLMs too: every Qwen3 variant and Qwen3-MoE (the reference deployment's models)
-OLDER_VLLM_VARIANTS = {v for v in VARIANTS if v not in tiny_qwen3.FAMILIES} | {"qwen3_moe"}
+# on the older vLLMs too: every affine Qwen3 variant and Qwen3-MoE (the reference deployment's models); the other
+# architectures and the float modes exercise no vLLM API the affine Qwen3 ones do not
+OLDER_VLLM_VARIANTS = {v for v in VARIANTS if v not in tiny_qwen3.FAMILIES and v not in tiny_qwen3.MODE_VARIANTS}
+OLDER_VLLM_VARIANTS.add("qwen3_moe")
 # Greedy prompts: facts, counting, code, a chat turn, Chinese.
 PROMPTS = [
     "The capital of France is",
@@ -78,6 +80,19 @@ def chat_prompt_ids(tokenizer, messages: list[dict], **template_kwargs) -> list[
     """Token ids of a chat turn rendered by the checkpoint's template, as vLLM's chat endpoint builds them."""
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **template_kwargs)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def to_torch(a):
+    """An mlx array as a torch tensor of the same bits (bfloat16 through uint16, uint32 codes as int32)."""
+    import mlx.core as mx
+    import numpy as np
+    import torch
+
+    if a.dtype == mx.bfloat16:
+        return torch.from_numpy(np.array(a.view(mx.uint16))).view(torch.bfloat16)
+    if a.dtype == mx.uint32:
+        return torch.from_numpy(np.array(a).view(np.int32))
+    return torch.from_numpy(np.array(a))
 
 
 def engine_kwargs(**overrides):

@@ -191,8 +191,9 @@ ROWS: list[tuple[str, str, Callable[[Path], None], str | None]] = [
      r"The shapes fit bits=4, group_size=64"),
     ("unknown-mode", "mode 'int4x'", edit_config(lambda c: c["quantization"].update(mode="int4x")),
      r"config.json quantization has unknown mode 'int4x' \(MLX modes: affine, mxfp4, mxfp8, nvfp4\)"),
-    ("unsupported-mode", "mode 'mxfp8'", edit_config(lambda c: c["quantization"].update(mode="mxfp8")),
-     r"uses mode 'mxfp8', which vllm-mlx-loader does not support yet"),
+    ("mode-contradicts-scales", "config.json says mxfp8 for affine tensors",
+     edit_config(lambda c: c["quantization"].update(mode="mxfp8", group_size=None, bits=None)),
+     r"tensor 'lm_head.scales': expected mxfp8 scales of dtype U8 \(E8M0 codes\), found BF16"),
     ("bad-bits", "bits 7", edit_config(lambda c: c["quantization"].update(bits=7)),
      r"config.json quantization has bits=7; MLX affine bits are \(1, 2, 3, 4, 5, 6, 8\)"),
     ("bad-module-entry", "a per-module entry that is neither an object nor false",
@@ -273,6 +274,56 @@ MOE_ROWS: list[tuple[str, str, Callable[[Path], None], str | None]] = [
 ]
 
 
+def set_code(name: str, value: int, dtype: torch.dtype = torch.uint8) -> Callable[[dict], None]:
+    """Set the first byte-sized code of tensor `name` (a scale code, or an mxfp8 element code) to `value`."""
+    def apply(t: dict) -> None:
+        t[name] = t[name].clone()
+        t[name].view(torch.uint8).view(-1)[0] = value
+    return apply
+
+
+def add(name: str, tensor: torch.Tensor) -> Callable[[dict], None]:
+    return lambda t: t.update({name: tensor})
+
+
+# The float modes, each on the fixture of its mode (the untied Qwen3 converted with --q-mode).
+FP_ROWS: list[tuple[str, str, Callable[[Path], None], str | None, str]] = [
+    ("fp-scales-not-u8", "mxfp4 scales stored as BF16",
+     edit_tensors(lambda t: t.update({f"{Q}.scales": t[f"{Q}.scales"].to(torch.bfloat16)})),
+     rf"tensor '{Q}.scales': expected mxfp4 scales of dtype U8 \(E8M0 codes\), found BF16\. Float scales belong to "
+     r"the affine mode", "mxfp4"),
+    ("fp-stray-biases", "an mxfp4 module with biases",
+     edit_tensors(lambda t: t.update({f"{Q}.biases": torch.zeros(512, 8, dtype=torch.bfloat16)})),
+     rf"tensor '{Q}.biases': is present, but mxfp4 has no biases", "mxfp4"),
+    ("fp-group-size", "mxfp4 with group_size 64 in config.json",
+     edit_config(lambda c: c["quantization"].update(group_size=64)),
+     r"config.json quantization has group_size=64, bits=4; MLX's mxfp4 has only group_size=32, bits=4", "mxfp4"),
+    ("e8m0-scale-255", "an E8M0 scale code 255 (NaN by OCP, Inf in MLX)", edit_tensors(set_code(f"{Q}.scales", 255)),
+     rf"tensor '{Q}.scales': holds 1 mxfp4 scale codes that decode to NaN or Inf", "mxfp4"),
+    ("e4m3-nan-code", "an mxfp8 element code 0x7F (E4M3's NaN)", edit_tensors(set_code(f"{Q}.weight", 0x7F)),
+     rf"tensor '{Q}.weight': holds 1 mxfp8 E4M3 codes that decode to NaN or Inf", "mxfp8"),
+    ("e4m3-nan-scale", "an nvfp4 scale code 0xFF (E4M3's NaN)", edit_tensors(set_code(f"{Q}.scales", 0xFF)),
+     rf"tensor '{Q}.scales': holds 1 nvfp4 scale codes that decode to NaN or Inf", "nvfp4"),
+    ("global-scale-missing", "config.json says global_scale, the tensor is absent",
+     edit_config(lambda c: c["quantization"].update({Q: {"group_size": 16, "bits": 4, "mode": "nvfp4",
+                                                          "global_scale": True}})),
+     rf"tensor '{Q}.scales': config.json says {Q} has a global scale, but {Q}.global_scale is missing", "nvfp4"),
+    ("global-scale-zero", "an nvfp4 global scale of 0",
+     edit_tensors(add(f"{Q}.global_scale", torch.tensor(0.0))),
+     rf"tensor '{Q}.global_scale': holds \[0.0\] where one non-zero float32 value per matrix belongs", "nvfp4"),
+    ("global-scale-non-finite", "an nvfp4 global scale of Inf",
+     edit_tensors(add(f"{Q}.global_scale", torch.tensor(float("inf")))),
+     rf"tensor '{Q}.global_scale': holds 1 non-finite values \(NaN or Inf\) among 1", "nvfp4"),
+    ("global-scale-shape", "an nvfp4 global scale per row instead of one per matrix",
+     edit_tensors(add(f"{Q}.global_scale", torch.ones(512))),
+     rf"tensor '{Q}.global_scale': expected a float32 global scale of shape \[\] \(one per matrix\), found F32 \[512\]",
+     "nvfp4"),
+    ("global-scale-not-nvfp4", "a global scale on an mxfp4 module",
+     edit_tensors(add(f"{Q}.global_scale", torch.tensor(1.0))),
+     rf"tensor '{Q}.global_scale': is a global scale, which only nvfp4 has, not mxfp4", "mxfp4"),
+]
+
+
 @pytest.fixture
 def checkpoint(checkpoints, tmp_path) -> Path:
     path = tmp_path / "model"
@@ -302,8 +353,18 @@ def test_bad_moe_input(row, what, breaker, message, checkpoints, tmp_path) -> No
     assert str(info.value).count("\n") == 0
 
 
+@pytest.mark.parametrize(("row", "what", "breaker", "message", "fixture"), FP_ROWS, ids=[r[0] for r in FP_ROWS])
+def test_bad_float_mode_input(row, what, breaker, message, fixture, checkpoints, tmp_path) -> None:
+    path = tmp_path / "model"
+    shutil.copytree(checkpoints[fixture], path, ignore=shutil.ignore_patterns(".stamp"))
+    breaker(path)
+    with pytest.raises(MLXCheckpointError, match=message) as info:
+        load_all(path)
+    assert str(info.value).count("\n") == 0
+
+
 def test_every_row_is_in_the_readme_table() -> None:
     readme = (REPO / "README.md").read_text()
     table = re.findall(r"^\| `([a-z0-9-]+)` \|", readme, flags=re.MULTILINE)
-    assert table == [r[0] for r in ROWS + MOE_ROWS]
+    assert table == [r[0] for r in ROWS + MOE_ROWS + FP_ROWS]
     assert len(ROWS) >= 25

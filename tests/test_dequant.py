@@ -8,22 +8,15 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, to_torch
 
 from vllm_mlx_loader import cpu_kernel
 from vllm_mlx_loader.dequant import dequantize_affine, dequantize_blocks, dequantize_on_device, unpack_codes
+from vllm_mlx_loader.dequant_fp import dequantize_fp
 from vllm_mlx_loader.format import read_checkpoint
 from vllm_mlx_loader.weights import LoadStats, ShardReader
 
 mx = pytest.importorskip("mlx.core")
-
-
-def to_torch(a) -> torch.Tensor:
-    if a.dtype == mx.bfloat16:
-        return torch.from_numpy(np.array(a.view(mx.uint16))).view(torch.bfloat16)
-    if a.dtype == mx.uint32:
-        return torch.from_numpy(np.array(a).view(np.int32))
-    return torch.from_numpy(np.array(a))
 
 
 def within_one_ulp(got: torch.Tensor, want: torch.Tensor, packed, bits: int, group_size: int) -> bool:
@@ -110,6 +103,13 @@ def test_every_fixture_tensor_matches_mx_dequantize(checkpoints) -> None:
         with ShardReader(torch.device("cpu"), LoadStats()) as reader:
             for module in ckpt.quantized:
                 p = module.params
+                if p.mode != "affine":  # the float modes: one exact result (test_dequant_fp.py has the rest)
+                    want = to_torch(mx.dequantize(weights[module.weight.name], weights[module.scales.name],
+                                                  group_size=p.group_size, bits=p.bits, mode=p.mode))
+                    got = dequantize_fp(reader.read(module.weight), reader.read(module.scales), mode=p.mode)
+                    assert torch.equal(got, want), (name, module.path)
+                    checked += 1
+                    continue
                 want = to_torch(
                     mx.dequantize(
                         weights[module.weight.name], weights[module.scales.name], weights[module.biases.name],

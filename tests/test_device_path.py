@@ -11,6 +11,7 @@ import torch
 
 from vllm_mlx_loader import dequant
 from vllm_mlx_loader.dequant import dequantize_affine, dequantize_blocks, dequantize_on_device
+from vllm_mlx_loader.dequant_fp import dequantize_fp
 from vllm_mlx_loader.format import read_checkpoint
 from vllm_mlx_loader.op_audit import NpuOpError, OpAudit
 from vllm_mlx_loader.weights import LoadStats, ShardReader
@@ -43,9 +44,16 @@ def test_every_fixture_module_takes_the_device_path_cleanly(checkpoints) -> None
         ckpt = read_checkpoint(path)
         with ShardReader(torch.device("cpu"), LoadStats()) as reader:
             for module in ckpt.quantized:
+                p = module.params
+                if p.mode != "affine":  # the float modes run the same code everywhere: audit it
+                    w, s = reader.read(module.weight), reader.read(module.scales)
+                    with OpAudit():
+                        got = dequantize_fp(w, s, mode=p.mode, block_bytes=1 << 16)
+                    assert torch.equal(got, dequantize_fp(w, s, mode=p.mode))
+                    checked += 1
+                    continue
                 # 2-D, as dequantize_affine hands them over (MoE stacks are [experts, out, in])
                 w, s, b = (reader.read(t).flatten(0, -2) for t in (module.weight, module.scales, module.biases))
-                p = module.params
                 with OpAudit():
                     got = dequantize_on_device(w, s, b, p.bits, p.group_size, torch.bfloat16, "fused")
                 assert torch.equal(got, dequantize_affine(w, s, b, bits=p.bits, group_size=p.group_size))

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from vllm_mlx_loader.errors import MLXCheckpointError
-from vllm_mlx_loader.format import QuantizedModule, read_checkpoint
+from vllm_mlx_loader.format import QuantizedModule, QuantParams, read_checkpoint
 
 
 def copy_checkpoint(src: Path, dst: Path) -> Path:
@@ -115,14 +115,24 @@ def test_other_quant_method_is_refused(checkpoints, tmp_path) -> None:
         read_checkpoint(path)
 
 
-@pytest.mark.parametrize("mode", ["mxfp4", "nvfp4"])
-def test_fp_modes_are_refused_as_not_supported_yet(checkpoints, tmp_path, mode) -> None:
-    path = copy_checkpoint(checkpoints["q4g64"], tmp_path / "m")
-    edit_config(path, lambda c: c["quantization"].update(mode=mode))
-    with pytest.raises(MLXCheckpointError, match=rf"tensor 'lm_head.scales': config.json quantization uses mode "
-                       rf"'{mode}', which vllm-mlx-loader does not support yet \(supported: affine\)\. "
-                       r"Dequantize it with `mlx_lm.convert -d`"):
-        read_checkpoint(path)
+@pytest.mark.parametrize("variant", ["mxfp4", "mxfp8", "nvfp4", "mixed_modes"])
+def test_float_modes_and_per_layer_modes_are_read(checkpoints, variant) -> None:
+    ckpt = read_checkpoint(checkpoints[variant])
+    modes = {m.path: m.params.mode for m in ckpt.quantized}
+    if variant != "mixed_modes":
+        assert set(modes.values()) == {variant} and all(m.biases is None for m in ckpt.quantized)
+        return
+    # one mode per layer kind, from a quant_predicate (tiny_qwen3.mixed_modes_predicate)
+    assert modes["model.layers.0.mlp.up_proj"] == "mxfp4" and modes["model.layers.0.self_attn.q_proj"] == "affine"
+    assert modes["model.embed_tokens"] == "nvfp4" and modes["lm_head"] == "mxfp8"
+
+
+def test_an_unnamed_module_s_float_mode_is_inferred_from_its_u8_scales(checkpoints, tmp_path) -> None:
+    """mlx-lm 0.32 infers the mode of a module config.json does not name: U8 scales and the packed columns."""
+    path = copy_checkpoint(checkpoints["mixed_modes"], tmp_path / "m")
+    edit_config(path, lambda c: c["quantization"].pop("model.layers.0.mlp.up_proj"))  # global entry: affine 4-bit
+    modes = {m.path: m.params for m in read_checkpoint(path).quantized}
+    assert modes["model.layers.0.mlp.up_proj"] == QuantParams("mxfp4", 4, 32)
 
 
 def test_unknown_mode_is_named(checkpoints, tmp_path) -> None:

@@ -55,7 +55,8 @@ def test_module_params_accepts_or_refuses_cleanly(quant) -> None:
             params = module_params(quant, path, "here")
         except MLXCheckpointError:
             continue
-        assert params is None or (params.bits in (1, 2, 3, 4, 5, 6, 8) and params.group_size in (32, 64, 128))
+        assert params is None or (params.bits in (1, 2, 3, 4, 5, 6, 8) and params.group_size in (32, 64, 128)) or (
+            (params.mode, params.group_size, params.bits) in {("mxfp4", 32, 4), ("mxfp8", 32, 8), ("nvfp4", 16, 4)})
 
 
 @FUZZ

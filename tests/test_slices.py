@@ -22,7 +22,9 @@ def copy_of(lazy: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize("variant", ["q4g64", "q3g64", "mixed_3_6", "tied", "qwen2", "qwen3_moe", "mixtral"])
+@pytest.mark.parametrize(
+    "variant", ["q4g64", "q3g64", "mixed_3_6", "tied", "qwen2", "qwen3_moe", "mixtral", "mxfp4", "nvfp4", "mixed_modes"]
+)
 @pytest.mark.parametrize("dim", [0, 1])
 def test_each_rank_gets_its_half_and_reads_half(variant, dim, checkpoints) -> None:
     ckpt = read_checkpoint(checkpoints[variant])

@@ -26,11 +26,12 @@ logger = logging.getLogger("vllm.mlx_loader")  # vLLM's logging configuration co
 
 # (group_size, bits) that MLX uses when a config leaves them out (or sets them to null).
 MODE_DEFAULTS = {"affine": (64, 4), "mxfp4": (32, 4), "mxfp8": (32, 8), "nvfp4": (16, 4)}
-SUPPORTED_MODES = ("affine",)
+SUPPORTED_MODES = ("affine", "mxfp4", "mxfp8", "nvfp4")
 AFFINE_BITS = (1, 2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
 FLOAT_DTYPES = ("BF16", "F16", "F32")
 _GLOBAL_KEYS = ("group_size", "bits", "mode")
+PARTS = ("scales", "biases", "global_scale")  # what sits beside a quantized module's packed weight
 SHARD_GLOB = "model*.safetensors"  # mlx-lm's own: `adapters.safetensors` (LoRA) and others are not weights
 
 
@@ -128,6 +129,13 @@ def module_params(quant: dict[str, Any], path: str, where: str) -> QuantParams |
     default_gs, default_bits = MODE_DEFAULTS[mode]
     bits = default_bits if spec.get("bits") is None else spec["bits"]
     group_size = default_gs if spec.get("group_size") is None else spec["group_size"]
+    if mode != "affine":  # each float mode has exactly one (group_size, bits)
+        if (group_size, bits) != (default_gs, default_bits):
+            raise MLXCheckpointError(
+                where, f"{source} has group_size={group_size!r}, bits={bits!r}; MLX's {mode} has only "
+                f"group_size={default_gs}, bits={default_bits}.",
+            )
+        return QuantParams(mode, bits, group_size)
     if type(bits) is not int or bits not in AFFINE_BITS:
         raise MLXCheckpointError(where, f"{source} has bits={bits!r}; MLX affine bits are {AFFINE_BITS}.")
     if type(group_size) is not int or group_size not in GROUP_SIZES:
@@ -212,7 +220,7 @@ def read_checkpoint(directory: str | Path) -> MLXCheckpoint:
         if prefix in prefixes:
             if leaf == "weight":
                 entries.append(_quantized_module(prefix, tensors, quant))
-            elif leaf not in ("scales", "biases"):
+            elif leaf not in PARTS:
                 entries.append(_plain(ref))
         elif leaf == "biases" and f"{prefix}.weight" in tensors and tensors[f"{prefix}.weight"].dtype == "U32":
             raise MLXCheckpointError(
@@ -289,17 +297,55 @@ def _check_dense_shape(weight: Weight, expected: dict[str, tuple[int, ...]]) -> 
     raise MLXCheckpointError(where, f"expected dense shape {list(want)} from config.json, found {list(shape)}.", hint)
 
 
+def inferred_fp_params(weight: TensorRef, scales: TensorRef) -> QuantParams | None:
+    """mlx-lm 0.32's rule for a module config.json does not name: U8 scales mean a float mode, told apart by
+    its one (bits, group_size) from the packed and scale columns; None where no float mode fits."""
+    for mode in ("nvfp4", "mxfp4", "mxfp8"):
+        group_size, bits = MODE_DEFAULTS[mode]
+        if scales.dtype == "U8" and weight.shape[-1] * 32 == scales.shape[-1] * group_size * bits:
+            return QuantParams(mode, bits, group_size)
+    return None
+
+
 def _quantized_module(path: str, tensors: dict[str, TensorRef], quant: dict[str, Any]) -> QuantizedModule:
     weight, scales = tensors[f"{path}.weight"], tensors[f"{path}.scales"]
-    biases = tensors.get(f"{path}.biases")
+    biases, global_scale = tensors.get(f"{path}.biases"), tensors.get(f"{path}.global_scale")
     params = module_params(quant, path, scales.where())
     if params is None:
         raise MLXCheckpointError(
             scales.where(), f"exists, but config.json quantization[{path!r}] is false (unquantized).",
             "The config and the tensors disagree: re-convert the checkpoint.",
         )
+    if path not in quant and params.mode == "affine" and scales.dtype == "U8" and biases is None:
+        params = inferred_fp_params(weight, scales) or params  # as mlx-lm 0.32 infers it
     if weight.dtype != "U32":
         raise MLXCheckpointError(weight.where(), f"expected packed codes of dtype U32, found {weight.dtype}.")
+    if len(weight.shape) < 2 or weight.shape[:-1] != scales.shape[:-1]:
+        raise MLXCheckpointError(
+            weight.where(),
+            f"expected shape [{', '.join(map(str, scales.shape[:-1]))}, ...] to match {path}.scales "
+            f"{list(scales.shape)}, found {list(weight.shape)}.",
+        )
+    if params.mode == "affine":
+        _check_affine_parts(path, scales, biases, global_scale)
+    else:
+        _check_fp_parts(path, params, scales, biases, global_scale, quant.get(path))
+    module = QuantizedModule(path, params, weight, scales, biases, global_scale)
+    in_features = module.shape[-1]
+    if weight.shape[-1] * 32 != in_features * params.bits:
+        raise MLXCheckpointError(
+            weight.where(),
+            f"expected {in_features * params.bits / 32:g} packed columns for {in_features} inputs at "
+            f"bits={params.bits} (group_size={params.group_size}, {scales.shape[-1]} scale columns), "
+            f"found {weight.shape[-1]}.",
+            "config.json's quantization entry does not match the tensors.",
+        )
+    return module
+
+
+def _check_affine_parts(
+    path: str, scales: TensorRef, biases: TensorRef | None, global_scale: TensorRef | None
+) -> None:
     if scales.dtype not in FLOAT_DTYPES:
         hint = "U8 scales belong to the mxfp4/mxfp8/nvfp4 modes, not affine." if scales.dtype == "U8" else ""
         raise MLXCheckpointError(
@@ -316,20 +362,39 @@ def _quantized_module(path: str, tensors: dict[str, TensorRef], quant: dict[str,
             f"expected dtype {scales.dtype} and shape {list(scales.shape)} (as {path}.scales), "
             f"found {biases.dtype} {list(biases.shape)}.",
         )
-    if len(weight.shape) < 2 or weight.shape[:-1] != scales.shape[:-1]:
+    if global_scale is not None:
         raise MLXCheckpointError(
-            weight.where(),
-            f"expected shape [{', '.join(map(str, scales.shape[:-1]))}, ...] to match {path}.scales "
-            f"{list(scales.shape)}, found {list(weight.shape)}.",
+            global_scale.where(), "is a global scale, which only nvfp4 has; this module is affine."
         )
-    module = QuantizedModule(path, params, weight, scales, biases)
-    in_features = module.shape[-1]
-    if weight.shape[-1] * 32 != in_features * params.bits:
+
+
+def _check_fp_parts(
+    path: str, params: QuantParams, scales: TensorRef, biases: TensorRef | None, global_scale: TensorRef | None,
+    entry: Any,
+) -> None:
+    mode = params.mode
+    if scales.dtype != "U8":
         raise MLXCheckpointError(
-            weight.where(),
-            f"expected {in_features * params.bits / 32:g} packed columns for {in_features} inputs at "
-            f"bits={params.bits} (group_size={params.group_size}, {scales.shape[-1]} scale columns), "
-            f"found {weight.shape[-1]}.",
-            "config.json's quantization entry does not match the tensors.",
+            scales.where(), f"expected {mode} scales of dtype U8 ({'E4M3' if mode == 'nvfp4' else 'E8M0'} codes), "
+            f"found {scales.dtype}.",
+            "Float scales belong to the affine mode: config.json's mode does not match the tensors.",
         )
-    return module
+    if biases is not None:
+        raise MLXCheckpointError(biases.where(), f"is present, but {mode} has no biases (only affine does).")
+    wants_global = isinstance(entry, dict) and entry.get("global_scale") is True
+    if global_scale is None:
+        if wants_global:
+            raise MLXCheckpointError(
+                scales.where(), f"config.json says {path} has a global scale, but {path}.global_scale is missing.",
+                "The checkpoint is incomplete: re-download or re-convert it.",
+            )
+        return
+    if mode != "nvfp4":
+        raise MLXCheckpointError(global_scale.where(), f"is a global scale, which only nvfp4 has, not {mode}.")
+    leading = scales.shape[:-2]  # one value per expert of a stack, or one for a plain module
+    if global_scale.dtype != "F32" or global_scale.shape not in (leading, (*leading, 1), ()):
+        raise MLXCheckpointError(
+            global_scale.where(),
+            f"expected a float32 global scale of shape {list(leading)} (one per matrix), "
+            f"found {global_scale.dtype} {list(global_scale.shape)}.",
+        )

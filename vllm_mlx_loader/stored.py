@@ -37,13 +37,15 @@ class QuantParams:
 
 @dataclass(frozen=True)
 class QuantizedModule:
-    """A quantized module `path`: packed `weight`, `scales` and (affine) `biases`, maybe in different shards."""
+    """A quantized module `path`: packed `weight`, `scales`, (affine) `biases` and (nvfp4, optional) a float32
+    `global_scale` (one value, or one per expert of a stack), maybe in different shards."""
 
     path: str
     params: QuantParams
     weight: TensorRef
     scales: TensorRef
-    biases: TensorRef  # affine only; the fp modes (not supported yet) have none
+    biases: TensorRef | None  # affine only
+    global_scale: TensorRef | None = None  # nvfp4 only
 
     @property
     def name(self) -> str:
@@ -55,8 +57,12 @@ class QuantizedModule:
         return (*self.weight.shape[:-1], self.scales.shape[-1] * self.params.group_size)
 
     @property
+    def parts(self) -> tuple[TensorRef, ...]:
+        return tuple(t for t in (self.weight, self.scales, self.biases, self.global_scale) if t is not None)
+
+    @property
     def nbytes(self) -> int:
-        return self.weight.nbytes + self.scales.nbytes + self.biases.nbytes
+        return sum(t.nbytes for t in self.parts)
 
 
 Entry = QuantizedModule | TensorRef

@@ -22,6 +22,7 @@ from safetensors import safe_open
 
 from .buffers import OutputBuffers
 from .dequant import Rounding, dequantize_affine
+from .dequant_fp import dequantize_fp, non_finite_codes
 from .errors import MLXCheckpointError
 from .format import MLXCheckpoint, QuantizedModule, TensorRef
 from .lazy_dense import LazyDense, Region
@@ -162,19 +163,47 @@ def _dequantize(
         w_key = (*lead, rows, slice(cols[0] * p.bits // 32, cols[1] * p.bits // 32))
         s_key = (*lead, rows, slice(cols[0] // p.group_size, cols[1] // p.group_size))
     start = time.perf_counter()
-    weight, scales, biases = (
-        reader.read(module.weight, w_key), reader.read(module.scales, s_key), reader.read(module.biases, s_key)
-    )
+    weight, scales = reader.read(module.weight, w_key), reader.read(module.scales, s_key)
     reader.sync(device)
     read_end = time.perf_counter()
     stats.read_s += read_end - start
-    dense = dequantize_affine(
-        weight, scales, biases, bits=p.bits, group_size=p.group_size, dtype=dtype, rounding=rounding, out=out
-    )
+    if p.mode == "affine":
+        biases = reader.read(module.biases, s_key)
+        dense = dequantize_affine(
+            weight, scales, biases, bits=p.bits, group_size=p.group_size, dtype=dtype, rounding=rounding, out=out
+        )
+    else:
+        global_scale = _global_scale(module, lead, reader)
+        _refuse_non_finite_codes(module, weight, scales)
+        dense = dequantize_fp(weight, scales, mode=p.mode, dtype=dtype, global_scale=global_scale, out=out)
     reader.sync(device)
     stats.dequant_s += time.perf_counter() - read_end
     stats.bytes_dequantized += dense.numel() * dense.element_size()
     return dense
+
+
+def _global_scale(module: QuantizedModule, lead: tuple[int, ...], reader: ShardReader) -> torch.Tensor | None:
+    """nvfp4's float32 global scale of this matrix (entry `lead` of a per-expert vector), refused if zero."""
+    if module.global_scale is None:
+        return None
+    value = reader.read(module.global_scale, lead or None).reshape(-1)
+    if value.numel() != 1 or not bool(value.abs().gt(0).all()):
+        raise MLXCheckpointError(
+            module.global_scale.where(), f"holds {value.tolist()} where one non-zero float32 value per matrix belongs.",
+            "The checkpoint is damaged: re-download or re-convert it.",
+        )
+    return value.reshape(())
+
+
+def _refuse_non_finite_codes(module: QuantizedModule, weight: torch.Tensor, scales: torch.Tensor) -> None:
+    part, count = non_finite_codes(module.params.mode, weight, scales)
+    if count:
+        ref = module.scales if part == "scales" else module.weight
+        what = "scale codes" if part == "scales" else "E4M3 codes"
+        raise MLXCheckpointError(
+            ref.where(), f"holds {count} {module.params.mode} {what} that decode to NaN or Inf.",
+            "The checkpoint is damaged: re-download or re-convert it.",
+        )
 
 
 def _region_maker(
