@@ -17,10 +17,9 @@ from vllm_mlx_loader.validate import shutdown_llm as shutdown  # noqa: E402, F40
 
 FIXTURES = Path(os.environ.get("VLLM_MLX_FIXTURES", REPO / ".cache" / "fixtures"))
 VARIANTS = sorted(tiny_qwen3.VARIANTS)
-# on the older vLLMs too: every affine Qwen3 variant and Qwen3-MoE (the reference deployment's models); the other
-# architectures and the float modes exercise no vLLM API the affine Qwen3 ones do not
-OLDER_VLLM_VARIANTS = {v for v in VARIANTS if v not in tiny_qwen3.FAMILIES and v not in tiny_qwen3.MODE_VARIANTS}
-OLDER_VLLM_VARIANTS.add("qwen3_moe")
+# on the older vLLMs too: 4-bit untied and tied Qwen3, a per-module recipe, and Qwen3-MoE (the reference
+# deployment's models). The other bit widths, architectures and float modes exercise no vLLM API these do not.
+OLDER_VLLM_VARIANTS = {"q4g128", "tied", "mixed_3_6", "qwen3_moe"}
 # Greedy prompts: facts, counting, code, a chat turn, Chinese.
 PROMPTS = [
     "The capital of France is",
