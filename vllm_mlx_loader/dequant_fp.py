@@ -19,8 +19,9 @@ from __future__ import annotations
 import torch
 
 from .dequant import DEVICE_BLOCK_BYTES, FLOAT_DTYPES, unpack_codes
+from .stored import MODE_DEFAULTS
 
-FP_MODES = {"mxfp4": (32, 4), "mxfp8": (32, 8), "nvfp4": (16, 4)}  # mode: (group_size, bits), the only ones MLX has
+FP_MODES = {mode: pair for mode, pair in MODE_DEFAULTS.items() if mode != "affine"}  # (group_size, bits)
 _E2M1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0]
 NVFP4_GLOBAL_DIVISOR = 448.0 * 6.0  # E4M3's and E2M1's largest values
 

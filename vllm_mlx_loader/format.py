@@ -18,15 +18,12 @@ from safetensors import safe_open
 
 from .architectures import Weight, adapter_for
 from .errors import MLXCheckpointError
-from .stored import Entry, QuantizedModule, QuantParams, TensorRef
+from .stored import MODE_DEFAULTS, Entry, QuantizedModule, QuantParams, TensorRef
 
 __all__ = ["Entry", "MLXCheckpoint", "QuantParams", "QuantizedModule", "TensorRef", "Weight", "read_checkpoint"]
 
 logger = logging.getLogger("vllm.mlx_loader")  # vLLM's logging configuration covers it; no vLLM import here
 
-# (group_size, bits) that MLX uses when a config leaves them out (or sets them to null).
-MODE_DEFAULTS = {"affine": (64, 4), "mxfp4": (32, 4), "mxfp8": (32, 8), "nvfp4": (16, 4)}
-SUPPORTED_MODES = ("affine", "mxfp4", "mxfp8", "nvfp4")
 AFFINE_BITS = (1, 2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (32, 64, 128)
 FLOAT_DTYPES = ("BF16", "F16", "F32")
@@ -118,13 +115,6 @@ def module_params(quant: dict[str, Any], path: str, where: str) -> QuantParams |
     if not isinstance(mode, str) or mode not in MODE_DEFAULTS:
         raise MLXCheckpointError(
             where, f"{source} has unknown mode {mode!r} (MLX modes: {', '.join(MODE_DEFAULTS)})."
-        )
-    if mode not in SUPPORTED_MODES:
-        raise MLXCheckpointError(
-            where,
-            f"{source} uses mode {mode!r}, which vllm-mlx-loader does not support yet "
-            f"(supported: {', '.join(SUPPORTED_MODES)}).",
-            "Dequantize it with `mlx_lm.convert -d` and serve the BF16 copy.",
         )
     default_gs, default_bits = MODE_DEFAULTS[mode]
     bits = default_bits if spec.get("bits") is None else spec["bits"]
@@ -326,8 +316,12 @@ def _quantized_module(path: str, tensors: dict[str, TensorRef], quant: dict[str,
             f"expected shape [{', '.join(map(str, scales.shape[:-1]))}, ...] to match {path}.scales "
             f"{list(scales.shape)}, found {list(weight.shape)}.",
         )
+    if global_scale is not None and params.mode != "nvfp4":
+        raise MLXCheckpointError(
+            global_scale.where(), f"is a global scale, which only nvfp4 has, not {params.mode}."
+        )
     if params.mode == "affine":
-        _check_affine_parts(path, scales, biases, global_scale)
+        _check_affine_parts(path, scales, biases)
     else:
         _check_fp_parts(path, params, scales, biases, global_scale, quant.get(path))
     module = QuantizedModule(path, params, weight, scales, biases, global_scale)
@@ -343,9 +337,7 @@ def _quantized_module(path: str, tensors: dict[str, TensorRef], quant: dict[str,
     return module
 
 
-def _check_affine_parts(
-    path: str, scales: TensorRef, biases: TensorRef | None, global_scale: TensorRef | None
-) -> None:
+def _check_affine_parts(path: str, scales: TensorRef, biases: TensorRef | None) -> None:
     if scales.dtype not in FLOAT_DTYPES:
         hint = "U8 scales belong to the mxfp4/mxfp8/nvfp4 modes, not affine." if scales.dtype == "U8" else ""
         raise MLXCheckpointError(
@@ -361,10 +353,6 @@ def _check_affine_parts(
             biases.where(),
             f"expected dtype {scales.dtype} and shape {list(scales.shape)} (as {path}.scales), "
             f"found {biases.dtype} {list(biases.shape)}.",
-        )
-    if global_scale is not None:
-        raise MLXCheckpointError(
-            global_scale.where(), "is a global scale, which only nvfp4 has; this module is affine."
         )
 
 
@@ -389,10 +377,8 @@ def _check_fp_parts(
                 "The checkpoint is incomplete: re-download or re-convert it.",
             )
         return
-    if mode != "nvfp4":
-        raise MLXCheckpointError(global_scale.where(), f"is a global scale, which only nvfp4 has, not {mode}.")
     leading = scales.shape[:-2]  # one value per expert of a stack, or one for a plain module
-    if global_scale.dtype != "F32" or global_scale.shape not in (leading, (*leading, 1), ()):
+    if global_scale.dtype != "F32" or global_scale.shape not in (leading, (*leading, 1)):
         raise MLXCheckpointError(
             global_scale.where(),
             f"expected a float32 global scale of shape {list(leading)} (one per matrix), "

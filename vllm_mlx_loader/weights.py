@@ -164,16 +164,16 @@ def _dequantize(
         s_key = (*lead, rows, slice(cols[0] // p.group_size, cols[1] // p.group_size))
     start = time.perf_counter()
     weight, scales = reader.read(module.weight, w_key), reader.read(module.scales, s_key)
+    biases = None if module.biases is None else reader.read(module.biases, s_key)
+    global_scale = _global_scale(module, lead, reader)
     reader.sync(device)
     read_end = time.perf_counter()
     stats.read_s += read_end - start
     if p.mode == "affine":
-        biases = reader.read(module.biases, s_key)
         dense = dequantize_affine(
             weight, scales, biases, bits=p.bits, group_size=p.group_size, dtype=dtype, rounding=rounding, out=out
         )
     else:
-        global_scale = _global_scale(module, lead, reader)
         _refuse_non_finite_codes(module, weight, scales)
         dense = dequantize_fp(weight, scales, mode=p.mode, dtype=dtype, global_scale=global_scale, out=out)
     reader.sync(device)
