@@ -36,7 +36,7 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "tied": (["-q", "--q-bits", "4", "--q-group-size", "64"], "tied"),
 }
 # One 4-bit g64 checkpoint per further architecture; the variant name is the source's name.
-FAMILIES = ("llama", "llama_tied", "qwen2", "gemma3", "qwen3_moe", "mixtral")
+FAMILIES = ("llama", "llama_tied", "qwen2", "gemma3", "gemma3_vlm", "qwen3_moe", "mixtral", "qwen3_next", "qwen3_5")
 FAMILY_VARIANTS = {name: (["-q", "--q-bits", "4", "--q-group-size", "64"], name) for name in FAMILIES}
 VARIANTS.update(FAMILY_VARIANTS)
 # MLX's float modes, and a per-layer mix of modes (`mixed_modes`: a quant_predicate, as mlx_lm.convert's Python API
@@ -146,16 +146,37 @@ def model_for(kind: str, ids: dict[str, int]):
         num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=2048,
     )
     moe = dict(num_experts_per_tok=2, moe_intermediate_size=128)
+    # gated DeltaNet then full attention; vLLM's CPU kernel takes linear head dims of 128 (real models' size)
+    hybrid = dict(
+        linear_num_value_heads=2, linear_num_key_heads=1, linear_key_head_dim=128, linear_value_head_dim=128,
+        linear_conv_kernel_dim=4, layer_types=["linear_attention", "full_attention"], full_attention_interval=2,
+    )
+    gemma3_text = dict(small, sliding_window=64, layer_types=["sliding_attention", "full_attention"])
+    if kind == "gemma3_vlm":  # Gemma 3 4B-27B are vision-language models; trained on text only
+        vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+                      image_size=32, patch_size=8)
+        config = tf.Gemma3Config(text_config=dict(gemma3_text, **ids), vision_config=vision, mm_tokens_per_image=4,
+                                 image_token_index=VOCAB_SIZE - 3, boi_token_index=VOCAB_SIZE - 2,
+                                 eoi_token_index=VOCAB_SIZE - 1, **ids)
+        return tf.Gemma3ForConditionalGeneration(config)
+    if kind == "qwen3_5":  # a vision-language model, as every released Qwen3.5 is; trained on text only
+        text = dict(small, **hybrid, **ids, model_type="qwen3_5_text", rope_theta=10000.0)
+        vision = dict(depth=1, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=128)
+        config = tf.Qwen3_5Config(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
+        return tf.Qwen3_5ForConditionalGeneration(config)
     config_class, model_class, fields = {
         "untied": (tf.Qwen3Config, tf.Qwen3ForCausalLM, dict(qwen3, tie_word_embeddings=False)),
         "tied": (tf.Qwen3Config, tf.Qwen3ForCausalLM, dict(qwen3, tie_word_embeddings=True)),
         "llama": (tf.LlamaConfig, tf.LlamaForCausalLM, dict(small, tie_word_embeddings=False)),
         "llama_tied": (tf.LlamaConfig, tf.LlamaForCausalLM, dict(small, tie_word_embeddings=True)),
         "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM, dict(small, tie_word_embeddings=False)),
-        "gemma3": (tf.Gemma3TextConfig, tf.Gemma3ForCausalLM,
-                   dict(small, sliding_window=64, layer_types=["sliding_attention", "full_attention"])),
+        "gemma3": (tf.Gemma3TextConfig, tf.Gemma3ForCausalLM, gemma3_text),
         "qwen3_moe": (tf.Qwen3MoeConfig, tf.Qwen3MoeForCausalLM, dict(small, **moe, num_experts=4)),
         "mixtral": (tf.MixtralConfig, tf.MixtralForCausalLM, dict(small, num_experts_per_tok=2, num_local_experts=4)),
+        "qwen3_next": (tf.Qwen3NextConfig, tf.Qwen3NextForCausalLM, dict(
+            small, **moe, **hybrid, num_experts=4, shared_expert_intermediate_size=128, decoder_sparse_step=1,
+            mlp_only_layers=[],
+        )),
     }[kind]
     return model_class(config_class(**fields, rope_theta=10000.0, **ids))
 
@@ -171,6 +192,14 @@ def real_checkpoint_fields(out: Path) -> None:
         config.setdefault("num_experts", config.get("num_local_experts"))
     if config.get("model_type") == "gemma3_text":  # mlx-lm reads the pattern, not layer_types
         config.setdefault("sliding_window_pattern", config["layer_types"].index("full_attention") + 1)
+    if config.get("model_type") == "qwen3_5":  # mlx-lm reads the text model's rope_theta
+        text = config["text_config"]
+        text.setdefault("rope_theta", (text.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+    if config.get("model_type") == "gemma3":  # the vision-language model: as Google's configs (vLLM 0.18 reads them)
+        text = config["text_config"]
+        text.pop("rope_parameters", None)
+        text.update(rope_theta=10000.0, rope_local_base_freq=10000.0, rope_scaling=None, sliding_window_pattern=2)
+        config["vocab_size"] = text["vocab_size"]  # mlx-lm's wrapper reads it at the top level
     path.write_text(json.dumps(config, indent=2) + "\n")
 
 

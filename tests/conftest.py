@@ -17,9 +17,10 @@ from vllm_mlx_loader.validate import shutdown_llm as shutdown  # noqa: E402, F40
 
 FIXTURES = Path(os.environ.get("VLLM_MLX_FIXTURES", REPO / ".cache" / "fixtures"))
 VARIANTS = sorted(tiny_qwen3.VARIANTS)
-# on the older vLLMs too: 4-bit untied and tied Qwen3, a per-module recipe, and Qwen3-MoE (the reference
-# deployment's models). The other bit widths, architectures and float modes exercise no vLLM API these do not.
-OLDER_VLLM_VARIANTS = {"q4g128", "tied", "mixed_3_6", "qwen3_moe"}
+# on the older vLLMs too: 4-bit untied and tied Qwen3, a per-module recipe, Qwen3-MoE (the reference
+# deployment's models) and Gemma 3's vision-language model (`--language-model-only`; vLLM 0.32's CPU venv cannot
+# import its class). The other bit widths, architectures and float modes exercise no vLLM API these do not.
+OLDER_VLLM_VARIANTS = {"q4g128", "tied", "mixed_3_6", "qwen3_moe", "gemma3_vlm"}
 # Greedy prompts: facts, counting, code, a chat turn, Chinese.
 PROMPTS = [
     "The capital of France is",

@@ -19,41 +19,59 @@ mx = pytest.importorskip("mlx.core")
 ARCHITECTURES = {
     "q4g64": "Qwen3ForCausalLM", "tied": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM",
     "llama_tied": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "gemma3": "Gemma3ForCausalLM",
-    "qwen3_moe": "Qwen3MoeForCausalLM", "mixtral": "MixtralForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM", "mixtral": "MixtralForCausalLM", "qwen3_next": "Qwen3NextForCausalLM",
+    "qwen3_5": "Qwen3_5ForConditionalGeneration", "gemma3_vlm": "Gemma3ForConditionalGeneration",
 }
-MOE = ("qwen3_moe", "mixtral")
+MOE = ("qwen3_moe", "mixtral", "qwen3_next")
 # switch_mlp projection -> the Hugging Face expert name, as each family's modeling code spells it
 HF_EXPERT_NAMES = {
     "qwen3_moe": {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"},
     "mixtral": {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"},
+    "qwen3_next": {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"},
 }
+VISION = ("model.visual.", "model.vision_tower.", "model.multi_modal_projector.")  # mlx-lm drops them
 
 
 def source_tensors(variant: str) -> dict[str, torch.Tensor]:
-    """The BF16 Hugging Face weights `mlx_lm.convert` quantized for `variant`."""
-    return load_file(FIXTURES / "_hf" / tiny_qwen3.VARIANTS[variant][1] / "model.safetensors")
+    """The BF16 Hugging Face weights `mlx_lm.convert` quantized for `variant`, under transformers 5's parameter
+    names (it saves Gemma 3's vision-language model under the original checkpoints' `language_model.model.*`)."""
+    tensors = load_file(FIXTURES / "_hf" / tiny_qwen3.VARIANTS[variant][1] / "model.safetensors")
+    legacy = {"language_model.model.": "model.language_model.", "vision_tower.": "model.vision_tower.",
+              "multi_modal_projector.": "model.multi_modal_projector."}
+    return {next((new + n[len(old):] for old, new in legacy.items() if n.startswith(old)), n): t
+            for n, t in tensors.items()}
 
 
 @pytest.mark.parametrize("variant", ARCHITECTURES)
 def test_streamed_weights_are_the_hugging_face_weights(variant, checkpoints) -> None:
-    """Names: exactly the source checkpoint's (a tied lm_head aside). Values: norms and biases exact, quantized
-    weights close to their BF16 originals, so a swapped name (gate for up, expert 1 for 2) cannot pass."""
+    """Names: exactly the source checkpoint's (a tied lm_head and a vision tower aside). Values: norms,
+    biases and convolutions exact, quantized weights close to their BF16 originals, so a swapped name (gate for
+    up, expert 1 for 2) cannot pass. Norms mlx-lm stored as `1 + w` (rounded to BF16) come back as `w` within
+    that rounding, and `1 + w` is what MLX stored, bit for bit."""
     ckpt = read_checkpoint(checkpoints[variant])
     assert ckpt.architecture == ARCHITECTURES[variant] in SUPPORTED_ARCHITECTURES
     source = source_tensors(variant)
     streamed = dict(iter_dense_weights(ckpt, "cpu", torch.float32))
     dropped = set(source) - set(streamed)
-    assert dropped == ({"lm_head.weight"} & set(source) if ckpt.config.get("tie_word_embeddings") else set())
+    tied = {"lm_head.weight"} & set(source) if ckpt.config.get("tie_word_embeddings") else set()
+    assert dropped == tied | {n for n in source if n.startswith(VISION)}
     assert set(streamed) <= set(source)
     quantized = {w.name for w in ckpt.weights if w.quantized}
+    shifted = {w.name: w for w in ckpt.weights if w.inverse is not None and len(w.shape) == 1}
     for name, tensor in streamed.items():
         want = source[name].float()
         assert tensor.shape == want.shape, name
         if name in quantized:
             cosine = torch.nn.functional.cosine_similarity(tensor.flatten(), want.flatten(), dim=0)
             assert cosine > 0.98, (name, float(cosine))
+        elif name in shifted:
+            stored = load_file(shifted[name].source.file)[shifted[name].source.name].float()
+            assert torch.equal(tensor + 1, stored), name
+            assert (tensor - want).abs().max() <= 2**-8, name
         else:
             assert torch.equal(tensor, want), name
+    if variant in ("qwen3_next", "qwen3_5"):  # the values mlx-lm's sanitize changed
+        assert len(shifted) == 7 and sum("conv1d" in w.name for w in ckpt.weights if w.inverse) == 1
     if variant == "qwen2":  # Linear `.bias` beside the quantization `.biases`
         assert "model.layers.0.self_attn.q_proj.bias" in streamed
         assert "model.layers.0.self_attn.q_proj.weight" in quantized
@@ -65,7 +83,7 @@ def test_experts_are_read_one_slice_at_a_time_and_match_mx_dequantize(variant, c
     stacks = [m for m in ckpt.quantized if ".switch_mlp." in m.path]
     assert stacks and all(len(m.shape) == 3 and m.shape[0] == 4 for m in stacks)
     router = next(m for m in ckpt.quantized if m.path.endswith(".gate"))
-    assert router.params.bits == (8 if variant == "qwen3_moe" else 4)  # mlx-lm keeps Qwen3-MoE's router at 8 bits
+    assert router.params.bits == (4 if variant == "mixtral" else 8)  # mlx-lm keeps Qwen routers at 8 bits
 
     read_shapes = []
     original = ShardReader.read
@@ -78,7 +96,7 @@ def test_experts_are_read_one_slice_at_a_time_and_match_mx_dequantize(variant, c
     monkeypatch.setattr(ShardReader, "read", recording)
     streamed = dict(iter_dense_weights(ckpt, "cpu", torch.bfloat16, rounding="mlx_cpu"))
     # no read ever returns a whole stack: each is one expert's [out, in_packed] (or its scales/biases)
-    assert all(len(shape) <= 2 for _, shape in read_shapes)
+    assert all(len(shape) <= 2 for name, shape in read_shapes if ".switch_mlp." in name)
     weights = mx.load(str(ckpt.shards[0]))
     names = HF_EXPERT_NAMES[variant]
     for module in stacks:

@@ -19,6 +19,8 @@ from vllm_mlx_loader.errors import MLXCheckpointError
 from vllm_mlx_loader.shard_writer import ShardWriter
 
 CONVERTED = ("q4g64", "mixed_3_6", "mxfp4", "mxfp8", "nvfp4", "mixed_modes", "qwen3_moe")
+# families whose values mlx-lm's sanitize changed: `mlx_lm.convert -d` writes MLX's layout, not Hugging Face's
+RESTORED = ("qwen3_next", "qwen3_5")
 
 
 def tree_digest(path: Path) -> dict[str, str]:
@@ -102,6 +104,44 @@ def test_output_loads_in_transformers_and_greedy_text_equals_mlx(checkpoints, tm
     out = model.generate(ids, max_new_tokens=3, do_sample=False)
     expected, _ = mlx_answer(checkpoints["tied"], tok, ids[0].tolist(), 3)
     assert tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True) == expected
+
+
+@pytest.mark.parametrize("variant", RESTORED)
+def test_restored_families_load_in_transformers_and_compute_mlx_float32_logits(
+    variant, checkpoints, tokenizer, tmp_path
+) -> None:
+    """Qwen3-Next and Qwen3.5: the norms mlx-lm shifted by +1, the moved conv1d axis and (Qwen3.5) the
+    `language_model.` prefix are undone, so transformers' own model computes what MLX computes; the float32
+    torch reference of `validate` too. `mlx_lm.convert -d` keeps MLX's conv1d layout and names."""
+    import transformers
+    from conftest import PROMPTS
+
+    from vllm_mlx_loader.format import read_checkpoint
+    from vllm_mlx_loader.mlx_reference import load_float32, logit_blocks
+    from vllm_mlx_loader.reference import load_reference, reference_logit_blocks
+
+    dst = convert(checkpoints[variant], tmp_path / "hf", progress=False)
+    arch = json.loads((dst / "config.json").read_text())["architectures"][0]
+    models = [getattr(transformers, arch).from_pretrained(dst, dtype=torch.float32).eval()]
+    if variant == "qwen3_5":  # transformers 5 fuses Qwen3-Next's experts: no torch reference for it
+        models.append(load_reference(read_checkpoint(checkpoints[variant])))
+    mlx_model = load_float32(checkpoints[variant])
+    for prompt in PROMPTS:
+        ids = tokenizer(prompt)["input_ids"]
+        (want,) = logit_blocks(mlx_model, [*ids, 0], len(ids))
+        for model in models:
+            (got,) = reference_logit_blocks(model, [*ids, 0], len(ids))
+            assert torch.equal(got.argmax(-1), want.argmax(-1)), (type(model).__name__, prompt)
+            assert (got - want).abs().max() < 0.25, (type(model).__name__, prompt)
+
+    theirs = tmp_path / "mlx-d"
+    subprocess.run([sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(checkpoints[variant]),
+                    "--mlx-path", str(theirs), "-d"], check=True, stdout=subprocess.DEVNULL)
+    ours, mlx_d = read_all(dst), read_all(theirs)
+    conv = next(n for n in ours if n.endswith("conv1d.weight"))
+    assert ours[conv].shape[1] == 1 and all(t.shape[-1] == 1 for n, t in mlx_d.items() if "conv1d" in n)
+    if variant == "qwen3_5":
+        assert all(n.startswith("language_model.") for n in mlx_d) and "lm_head.weight" in ours
 
 
 @pytest.mark.engine

@@ -120,6 +120,11 @@ def test_completeness_check_names_what_was_not_loaded() -> None:
     with pytest.raises(MLXCheckpointError, match=r"/m: the checkpoint left model parameters uninitialised: "
                        r"b.bias, b.weight\. The checkpoint is incomplete"):
         check_all_loaded(model, {"a.weight", "a.bias"}, Path("/m"))
+    vlm = nn.Module()
+    vlm.language_model, vlm.visual = TwoLinears(), nn.Linear(4, 4)  # vLLM's Qwen3.5 without --language-model-only
+    loaded = {f"language_model.{n}" for n, _ in vlm.language_model.named_parameters()}
+    with pytest.raises(MLXCheckpointError, match=r"visual.bias, visual.weight\. .*--language-model-only"):
+        check_all_loaded(vlm, loaded, Path("/m"))
 
 
 def test_every_private_api_the_plugin_uses_is_where_it_expects() -> None:

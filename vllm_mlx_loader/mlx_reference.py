@@ -59,8 +59,9 @@ def logit_blocks(model: Any, sequence: list[int], rows: int) -> Iterator[torch.T
     the output layer block by block, as mlx-lm's own `Model.__call__` applies it."""
     import mlx.core as mx
 
-    hidden = model.model(mx.array([sequence[:-1]]))[0]
-    tied = getattr(model.args, "tie_word_embeddings", False) or not hasattr(model, "lm_head")
-    head = model.model.embed_tokens.as_linear if tied else model.lm_head
+    lm = getattr(model, "language_model", model)  # mlx-lm wraps vision-language models' text model (Qwen3.5)
+    hidden = lm.model(mx.array([sequence[:-1]]))[0]
+    tied = getattr(lm.args, "tie_word_embeddings", False) or not hasattr(lm, "lm_head")
+    head = lm.model.embed_tokens.as_linear if tied else lm.lm_head
     for start in range(0, hidden.shape[0], rows):
         yield torch.from_numpy(np.array(head(hidden[start:start + rows]).astype(mx.float32)))

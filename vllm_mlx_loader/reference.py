@@ -69,14 +69,19 @@ def _no_init_weights():
 
 
 def load_reference(ckpt: MLXCheckpoint) -> nn.Module:
-    """Build the architecture's transformers model in float32 and fill it with dequantized weights."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """Build the architecture's transformers model in float32 and fill it with dequantized weights (a vision
+    tower mlx-lm dropped stays as initialised: text-only logits do not use it)."""
+    import transformers
+
+    from .architectures import adapter_for
 
     fields = {k: v for k, v in ckpt.config.items() if k not in ("quantization", "quantization_config")}
-    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    config = transformers.AutoConfig.for_model(fields.pop("model_type"), **fields)
     with _no_init_weights():
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model = getattr(transformers, ckpt.architecture)(config)
     model.float().eval()
+    where = str(ckpt.directory / "config.json")
+    expected = adapter_for(ckpt.config, where).expected_weights(ckpt.config, where)
     params = dict(model.named_parameters())
     written = set()
     # one dense tensor at a time: peak memory is the model plus one weight
@@ -87,7 +92,7 @@ def load_reference(ckpt: MLXCheckpoint) -> nn.Module:
     if ckpt.config.get("tie_word_embeddings"):
         model.tie_weights()
         written.add("lm_head.weight")
-    missing = sorted(set(params) - written)
+    missing = sorted((set(params) & set(expected)) - written)
     if missing:
         raise MLXCheckpointError(str(ckpt.directory), f"the reference model has unwritten parameters: {missing}.")
     return model

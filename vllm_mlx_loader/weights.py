@@ -119,7 +119,9 @@ def iter_dense_weights(
             for weight in ckpt.weights:
                 lead = () if weight.index is None else (weight.index,)
                 source = weight.source
-                if sliced and (isinstance(source, QuantizedModule) or source.dtype in PLAIN_DTYPES):
+                if sliced and weight.inverse is None and (
+                    isinstance(source, QuantizedModule) or source.dtype in PLAIN_DTYPES
+                ):
                     make = _region_maker(source, lead, reader, dtype, rounding, buffers)
                     kind = dtype if isinstance(source, QuantizedModule) else PLAIN_DTYPES[source.dtype]
                     tensor = LazyDense(make, weight.shape, kind, device)
@@ -128,6 +130,8 @@ def iter_dense_weights(
                 else:
                     out = None if buffers is None else buffers.empty(weight.shape, dtype)
                     tensor = _dequantize(source, lead, reader, dtype, rounding, out=out)
+                if weight.inverse is not None:  # small tensors (norms, convolutions): whole, never lazy
+                    tensor = weight.inverse.apply(tensor)
                 stats.tensors += 1
                 yield weight.name, tensor
         finally:

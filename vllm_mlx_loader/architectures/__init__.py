@@ -13,12 +13,21 @@ from ..errors import MLXCheckpointError
 from .base import Adapter, Weight
 from .dense import DenseAdapter
 from .mixtral import MixtralAdapter
+from .qwen3_5 import Qwen3_5Adapter
 from .qwen3_moe import Qwen3MoeAdapter
+from .qwen3_next import Qwen3NextAdapter
+from .vision_language import Gemma3VisionLanguageAdapter, LanguageModelOnlyAdapter
 
-ADAPTERS: tuple[Adapter, ...] = (DenseAdapter(), Qwen3MoeAdapter(), MixtralAdapter())
+ADAPTERS: tuple[Adapter, ...] = (
+    DenseAdapter(), Qwen3MoeAdapter(), MixtralAdapter(), Qwen3NextAdapter(), Qwen3_5Adapter(),
+    Gemma3VisionLanguageAdapter(),
+)
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(a for adapter in ADAPTERS for a in adapter.architectures)
 
-__all__ = ["ADAPTERS", "SUPPORTED_ARCHITECTURES", "Adapter", "Weight", "adapter_for", "architecture"]
+__all__ = [
+    "ADAPTERS", "SUPPORTED_ARCHITECTURES", "Adapter", "Weight", "adapter_for", "architecture",
+    "holds_language_model_only",
+]
 
 
 def architecture(config: dict[str, Any], where: str) -> str:
@@ -38,3 +47,10 @@ def architecture(config: dict[str, Any], where: str) -> str:
 def adapter_for(config: dict[str, Any], where: str) -> Adapter:
     arch = architecture(config, where)
     return next(a for a in ADAPTERS if arch in a.architectures)
+
+
+def holds_language_model_only(config: dict[str, Any]) -> bool:
+    """True for a vision-language architecture whose MLX checkpoints hold the language model alone."""
+    archs = config.get("architectures")
+    arch = archs[0] if isinstance(archs, list) and archs else None
+    return any(arch in a.architectures for a in ADAPTERS if isinstance(a, LanguageModelOnlyAdapter))

@@ -2,30 +2,46 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MLXCheckpointError
 from ..stored import Entry, QuantizedModule
 from .meta_model import model_shapes
+
+if TYPE_CHECKING:
+    import torch
 
 _MAX_SIZE = 1 << 24  # no dimension of a real model comes near; bounds what a hostile config can make us build
 _MAX_LAYERS = 4096
 
 
 @dataclass(frozen=True)
+class Inverse:
+    """Undoes a change of values (not only of names) that mlx-lm's `sanitize` made when it converted the
+    Hugging Face checkpoint, so that the model gets the Hugging Face tensor back."""
+
+    description: str
+    apply: Callable[[torch.Tensor], torch.Tensor]
+    shape: Callable[[tuple[int, ...]], tuple[int, ...]] = tuple
+
+
+@dataclass(frozen=True)
 class Weight:
     """One dense weight as the vLLM model's `load_weights` (and the Hugging Face checkpoint) names it, made
-    from a stored tensor or quantized module, or from one entry of its leading axis (one expert of a stack)."""
+    from a stored tensor or quantized module, or from one entry of its leading axis (one expert of a stack),
+    and `inverse` applied where mlx-lm changed its values."""
 
     name: str
     source: Entry
     index: int | None = None
+    inverse: Inverse | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return self.source.shape[1:] if self.index is not None else self.source.shape
+        stored = self.source.shape[1:] if self.index is not None else self.source.shape
+        return self.inverse.shape(tuple(stored)) if self.inverse else tuple(stored)
 
     @property
     def nbytes(self) -> int:

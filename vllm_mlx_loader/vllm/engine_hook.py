@@ -7,7 +7,8 @@ platform is "no quantization config": the hook adds `hf_overrides={"quantization
 dict (or wraps a callable), and removes the attribute from the built config, which transformers 4.x
 cannot serialise while it is None (`hf_compat`). It also checks a local checkpoint up front, so a bad
 one fails before any worker starts, and picks the MLX load format for an MLX checkpoint given with the
-default `--load-format auto`, as a local directory or a Hugging Face repo id.
+default `--load-format auto`, as a local directory or a Hugging Face repo id. A vision-language model whose MLX
+checkpoint holds only the language model (mlx-lm drops the vision tower) is served with `--language-model-only`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from vllm.logger import init_logger
 
+from ..architectures import holds_language_model_only
 from ..format import is_mlx_config, read_checkpoint
 from ..hf_compat import QUANTIZATION_CONFIG, WithoutQuantizationConfig, drop_quantization_config
 from .loader import LOAD_FORMATS
@@ -63,16 +65,22 @@ def prepare_engine_args(args: Any) -> None:
     """Adjust `EngineArgs` in place for an MLX checkpoint; leave any other model alone."""
     model = args.model if isinstance(args.model, str) else None
     local = Path(model) if model is not None and os.path.isdir(model) else None
-    if args.load_format == "auto" and model is not None:
+    config = None
+    if args.load_format in ("auto", *LOAD_FORMATS) and model is not None:
         config = model_config_json(model, getattr(args, "revision", None))
-        if config is not None and is_mlx_config(config):
-            logger.info("%s is an MLX-quantized checkpoint: using --load-format %s", model, LOAD_FORMATS[0])
-            args.load_format = LOAD_FORMATS[0]
+    if args.load_format == "auto" and config is not None and is_mlx_config(config):
+        logger.info("%s is an MLX-quantized checkpoint: using --load-format %s", model, LOAD_FORMATS[0])
+        args.load_format = LOAD_FORMATS[0]
     if args.load_format not in LOAD_FORMATS:
         return
     if local is not None:
         read_checkpoint(local)  # raises MLXCheckpointError naming the file and tensor
     args.hf_overrides = without_quantization_config(args.hf_overrides)
+    if config is not None and holds_language_model_only(config) and not getattr(args, "language_model_only", True):
+        # mlx-lm dropped the vision tower: without the flag vLLM would build it and ask for an image processor
+        logger.info("%s holds only the language model of %s: serving it with --language-model-only",
+                    model, config["architectures"][0])
+        args.language_model_only = True
 
 
 def install() -> None:

@@ -30,6 +30,7 @@ logger = init_logger("vllm.mlx_loader")
 
 LOAD_FORMATS = ("mlx-4bit", "mlx")
 EXTRA_CONFIG_KEYS = ("rounding", "timing")
+VISION_MODULES = ("visual", "vision_tower")  # vLLM's names for a vision encoder
 
 
 def parse_extra_config(extra: dict | None) -> tuple[Rounding, bool]:
@@ -111,10 +112,13 @@ def check_all_loaded(model: nn.Module, loaded: set[str] | None, directory: Path)
     missing = sorted({name for name, _ in model.named_parameters()} - set(loaded))
     if missing:
         shown = ", ".join(missing[:8]) + (f", ... ({len(missing)} in all)" if len(missing) > 8 else "")
-        raise MLXCheckpointError(
-            str(directory), f"the checkpoint left model parameters uninitialised: {shown}.",
-            "The checkpoint is incomplete or belongs to another model: re-download or re-convert it.",
-        )
+        hint = "The checkpoint is incomplete or belongs to another model: re-download or re-convert it."
+        if all(name.split(".")[0] in VISION_MODULES for name in missing):
+            hint = (
+                "mlx-lm keeps only the language model of a vision-language model (Qwen3.5): "
+                "pass --language-model-only (LLM(..., language_model_only=True))."
+            )
+        raise MLXCheckpointError(str(directory), f"the checkpoint left model parameters uninitialised: {shown}.", hint)
 
 
 def _is_registered() -> bool:

@@ -1,0 +1,20 @@
+"""Qwen3.5 / Qwen3.6 (dense): a vision-language model whose MLX checkpoints hold only the language model
+(`vision_language.py`), with gated DeltaNet layers whose values mlx-lm changed (`gated_delta.py`). The
+inverses are decided on the stored names, as mlx-lm's suffix test saw them (`language_model.model.norm`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from ..stored import Entry
+from .base import Weight
+from .gated_delta import undo_sanitize
+from .vision_language import LanguageModelOnlyAdapter
+
+
+class Qwen3_5Adapter(LanguageModelOnlyAdapter):
+    architectures = ("Qwen3_5ForConditionalGeneration",)
+
+    def stored_weights(self, entries: Iterable[Entry], config: dict[str, Any], where: str) -> list[Weight]:
+        return undo_sanitize(super().stored_weights(entries, config, where))

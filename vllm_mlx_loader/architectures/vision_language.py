@@ -1,0 +1,49 @@
+"""Vision-language models whose MLX checkpoints hold only the language model (Gemma 3 4B-27B, Qwen3.5).
+
+mlx-lm wraps the text model as `language_model` and drops the vision tower and projector: it stores
+`language_model.model.*` and `language_model.lm_head.weight` where transformers 5 names the parameters
+`model.language_model.*` and `lm_head.weight`. The weights are fed under transformers' names (vLLM's own
+mappers take them) and the vision parameters are not expected; vLLM serves such a checkpoint with
+`--language-model-only`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Any
+
+from ..errors import MLXCheckpointError
+from ..stored import Entry
+from .base import Adapter, Weight, check_sizes
+from .meta_model import model_shapes
+
+RENAMES = (("language_model.model.", "model.language_model."), ("language_model.lm_head.", "lm_head."))
+LANGUAGE_MODEL = ("model.language_model.", "lm_head.")  # transformers' names of what mlx-lm keeps
+
+
+class LanguageModelOnlyAdapter(Adapter):
+    def expected_weights(self, config: dict[str, Any], where: str) -> dict[str, tuple[int, ...]]:
+        text = config.get("text_config")
+        if not isinstance(text, dict):
+            raise MLXCheckpointError(where, f"text_config must be a JSON object, found {text!r}.")
+        check_sizes(text, where)
+        return {n: s for n, s in model_shapes(config, where).items() if n.startswith(LANGUAGE_MODEL)}
+
+    def weights(self, entries: Iterable[Entry], config: dict[str, Any], where: str) -> list[Weight]:
+        return [dataclasses.replace(w, name=hf_name(w.name)) for w in self.stored_weights(entries, config, where)]
+
+    def stored_weights(self, entries: Iterable[Entry], config: dict[str, Any], where: str) -> list[Weight]:
+        """The weights under their stored (MLX) names; families whose values mlx-lm changed restore them here."""
+        return super().weights(entries, config, where)
+
+
+def hf_name(name: str) -> str:
+    for mlx, hf in RENAMES:
+        if name.startswith(mlx):
+            return hf + name[len(mlx):]
+    return name
+
+
+class Gemma3VisionLanguageAdapter(LanguageModelOnlyAdapter):
+    architectures = ("Gemma3ForConditionalGeneration",)
