@@ -10,7 +10,9 @@ carries the current build stamp is not rebuilt.
 The Qwen3 model is tiny (4 layers, hidden 256, vocabulary 1024) but trained for a few hundred steps on a
 small corpus of facts, counting, code and chat turns, so its greedy continuations mean something
 ("The capital of France is" -> " Paris."). The other families (`FAMILY_VARIANTS`: Llama tied and untied,
-Qwen2, Gemma 3, Qwen3-MoE, Mixtral) are smaller still (2 layers, hidden 128) and trained the same way.
+Qwen2, Gemma 3 text and vision-language, Qwen3-MoE, Mixtral, Qwen3-Next, Qwen3.5, DeepSeek-V3) are smaller still
+(2 layers, hidden 128) and trained the same way; the vision-language models on text only, with a one-layer
+vision tower that mlx-lm drops.
 """
 
 from __future__ import annotations
@@ -36,7 +38,10 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "tied": (["-q", "--q-bits", "4", "--q-group-size", "64"], "tied"),
 }
 # One 4-bit g64 checkpoint per further architecture; the variant name is the source's name.
-FAMILIES = ("llama", "llama_tied", "qwen2", "gemma3", "gemma3_vlm", "qwen3_moe", "mixtral", "qwen3_next", "qwen3_5")
+FAMILIES = (
+    "llama", "llama_tied", "qwen2", "gemma3", "gemma3_vlm", "qwen3_moe", "mixtral", "qwen3_next", "qwen3_5",
+    "deepseek_v3",
+)
 FAMILY_VARIANTS = {name: (["-q", "--q-bits", "4", "--q-group-size", "64"], name) for name in FAMILIES}
 VARIANTS.update(FAMILY_VARIANTS)
 # MLX's float modes, and a per-layer mix of modes (`mixed_modes`: a quant_predicate, as mlx_lm.convert's Python API
@@ -173,6 +178,14 @@ def model_for(kind: str, ids: dict[str, int]):
         "gemma3": (tf.Gemma3TextConfig, tf.Gemma3ForCausalLM, gemma3_text),
         "qwen3_moe": (tf.Qwen3MoeConfig, tf.Qwen3MoeForCausalLM, dict(small, **moe, num_experts=4)),
         "mixtral": (tf.MixtralConfig, tf.MixtralForCausalLM, dict(small, num_experts_per_tok=2, num_local_experts=4)),
+        # MLA with DeepSeek-V3's own latent sizes: vLLM's CPU kernel takes kv_lora_rank 512 and rope dim 64 only
+        # (and no head_dim: transformers would rotate that many dimensions instead of qk_rope_head_dim)
+        "deepseek_v3": (tf.DeepseekV3Config, tf.DeepseekV3ForCausalLM, dict(
+            {k: v for k, v in small.items() if k != "head_dim"}, num_key_value_heads=4, moe_intermediate_size=64,
+            n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2, n_group=1, topk_group=1,
+            first_k_dense_replace=1, q_lora_rank=64, kv_lora_rank=512, qk_rope_head_dim=64, qk_nope_head_dim=64,
+            v_head_dim=64, tie_word_embeddings=False,
+        )),
         "qwen3_next": (tf.Qwen3NextConfig, tf.Qwen3NextForCausalLM, dict(
             small, **moe, **hybrid, num_experts=4, shared_expert_intermediate_size=128, decoder_sparse_step=1,
             mlp_only_layers=[],
@@ -192,6 +205,8 @@ def real_checkpoint_fields(out: Path) -> None:
         config.setdefault("num_experts", config.get("num_local_experts"))
     if config.get("model_type") == "gemma3_text":  # mlx-lm reads the pattern, not layer_types
         config.setdefault("sliding_window_pattern", config["layer_types"].index("full_attention") + 1)
+    if config.get("model_type") == "deepseek_v3":  # transformers 5 leaves out what DeepSeek's configs say
+        config.update(topk_method="noaux_tc", scoring_func="sigmoid")
     if config.get("model_type") == "qwen3_5":  # mlx-lm reads the text model's rope_theta
         text = config["text_config"]
         text.setdefault("rope_theta", (text.get("rope_parameters") or {}).get("rope_theta", 10000.0))

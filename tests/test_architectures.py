@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES, tiny_qwen3
-from safetensors.torch import load_file
+from conftest import FIXTURES, tiny_qwen3, to_torch
+from safetensors.torch import load_file, save_file
 
 from vllm_mlx_loader.architectures import SUPPORTED_ARCHITECTURES
 from vllm_mlx_loader.dequant import dequantize_affine
@@ -21,13 +21,17 @@ ARCHITECTURES = {
     "llama_tied": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "gemma3": "Gemma3ForCausalLM",
     "qwen3_moe": "Qwen3MoeForCausalLM", "mixtral": "MixtralForCausalLM", "qwen3_next": "Qwen3NextForCausalLM",
     "qwen3_5": "Qwen3_5ForConditionalGeneration", "gemma3_vlm": "Gemma3ForConditionalGeneration",
+    "deepseek_v3": "DeepseekV3ForCausalLM",
 }
-MOE = ("qwen3_moe", "mixtral", "qwen3_next")
+MOE = ("qwen3_moe", "mixtral", "qwen3_next", "deepseek_v3")
+# mlx-lm keeps Qwen routers at 8 bits; DeepSeek's router is no Linear and stays BF16
+ROUTER_BITS = {"qwen3_moe": 8, "qwen3_next": 8, "mixtral": 4, "deepseek_v3": None}
 # switch_mlp projection -> the Hugging Face expert name, as each family's modeling code spells it
 HF_EXPERT_NAMES = {
     "qwen3_moe": {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"},
     "mixtral": {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"},
     "qwen3_next": {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"},
+    "deepseek_v3": {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"},
 }
 VISION = ("model.visual.", "model.vision_tower.", "model.multi_modal_projector.")  # mlx-lm drops them
 
@@ -82,8 +86,8 @@ def test_experts_are_read_one_slice_at_a_time_and_match_mx_dequantize(variant, c
     ckpt = read_checkpoint(checkpoints[variant])
     stacks = [m for m in ckpt.quantized if ".switch_mlp." in m.path]
     assert stacks and all(len(m.shape) == 3 and m.shape[0] == 4 for m in stacks)
-    router = next(m for m in ckpt.quantized if m.path.endswith(".gate"))
-    assert router.params.bits == (4 if variant == "mixtral" else 8)  # mlx-lm keeps Qwen routers at 8 bits
+    router = next((m for m in ckpt.quantized if m.path.endswith(".gate")), None)
+    assert (router and router.params.bits) == ROUTER_BITS[variant]
 
     read_shapes = []
     original = ShardReader.read
@@ -139,3 +143,34 @@ def test_torch_reference_refuses_experts_it_cannot_place_up_front(checkpoints) -
     with pytest.raises(MLXCheckpointError, match=r"cannot place 'model.layers.0.mlp.experts.0.\w+.weight'.*"
                                                  r"Pass --no-torch-reference"):
         check_reference_can_load(moe)
+
+
+def test_deepseek_kv_b_proj_is_both_halves_mlx_stored_stacked_back_per_head(checkpoints, tmp_path) -> None:
+    """mlx-lm splits `kv_b_proj` into `embed_q` (key half, transposed) and `unembed_out` (value half); the
+    streamed `kv_b_proj` is both, dequantized by MLX itself, put back head by head; a lone half is refused."""
+    import shutil
+
+    from vllm_mlx_loader.errors import MLXCheckpointError
+
+    ckpt = read_checkpoint(checkpoints["deepseek_v3"])
+    streamed = dict(iter_dense_weights(ckpt, "cpu", torch.bfloat16, rounding="mlx_cpu"))
+    weights = mx.load(str(ckpt.shards[0]))
+    heads, nope, v = (ckpt.config[k] for k in ("num_attention_heads", "qk_nope_head_dim", "v_head_dim"))
+    for layer in range(ckpt.config["num_hidden_layers"]):
+        prefix = f"model.layers.{layer}.self_attn"
+        wk, wv = (mx.dequantize(*(weights[f"{prefix}.{m}.{x}"] for x in ("weight", "scales", "biases")),
+                                group_size=64, bits=4) for m in ("embed_q", "unembed_out"))
+        assert wk.shape == (heads, 512, nope) and wv.shape == (heads, v, 512)
+        want = mx.concatenate([wk.swapaxes(1, 2), wv], axis=1).reshape(heads * (nope + v), 512)
+        assert torch.equal(streamed[f"{prefix}.kv_b_proj.weight"], to_torch(want)), layer
+        assert f"{prefix}.embed_q.weight" not in streamed and f"{prefix}.unembed_out.weight" not in streamed
+
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoints["deepseek_v3"], broken)
+    tensors = load_file(broken / "model.safetensors")
+    for part in ("weight", "scales", "biases"):
+        del tensors[f"model.layers.1.self_attn.unembed_out.{part}"]
+    save_file(tensors, broken / "model.safetensors", metadata={"format": "mlx"})
+    with pytest.raises(MLXCheckpointError, match=r"model.layers.1.self_attn.embed_q.weight.* has no "
+                       r"model.layers.1.self_attn.unembed_out.weight beside it"):
+        read_checkpoint(broken)

@@ -20,7 +20,7 @@ from vllm_mlx_loader.shard_writer import ShardWriter
 
 CONVERTED = ("q4g64", "mixed_3_6", "mxfp4", "mxfp8", "nvfp4", "mixed_modes", "qwen3_moe")
 # families whose values mlx-lm's sanitize changed: `mlx_lm.convert -d` writes MLX's layout, not Hugging Face's
-RESTORED = ("qwen3_next", "qwen3_5")
+RESTORED = ("qwen3_next", "qwen3_5", "deepseek_v3")
 
 
 def tree_digest(path: Path) -> dict[str, str]:
@@ -111,8 +111,9 @@ def test_restored_families_load_in_transformers_and_compute_mlx_float32_logits(
     variant, checkpoints, tokenizer, tmp_path
 ) -> None:
     """Qwen3-Next and Qwen3.5: the norms mlx-lm shifted by +1, the moved conv1d axis and (Qwen3.5) the
-    `language_model.` prefix are undone, so transformers' own model computes what MLX computes; the float32
-    torch reference of `validate` too. `mlx_lm.convert -d` keeps MLX's conv1d layout and names."""
+    `language_model.` prefix are undone; DeepSeek-V3: `kv_b_proj` is put back together. So transformers' own
+    model computes what MLX computes (the float32 torch reference of `validate` too, where transformers 5 can
+    hold the experts). `mlx_lm.convert -d` keeps MLX's layout and names."""
     import transformers
     from conftest import PROMPTS
 
@@ -138,6 +139,10 @@ def test_restored_families_load_in_transformers_and_compute_mlx_float32_logits(
     subprocess.run([sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(checkpoints[variant]),
                     "--mlx-path", str(theirs), "-d"], check=True, stdout=subprocess.DEVNULL)
     ours, mlx_d = read_all(dst), read_all(theirs)
+    if variant == "deepseek_v3":
+        assert any(".embed_q." in n for n in mlx_d) and not any(".kv_b_proj." in n for n in mlx_d)
+        assert "model.layers.1.self_attn.kv_b_proj.weight" in ours
+        return
     conv = next(n for n in ours if n.endswith("conv1d.weight"))
     assert ours[conv].shape[1] == 1 and all(t.shape[-1] == 1 for n, t in mlx_d.items() if "conv1d" in n)
     if variant == "qwen3_5":

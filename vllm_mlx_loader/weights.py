@@ -24,7 +24,7 @@ from .buffers import OutputBuffers
 from .dequant import Rounding, dequantize_affine
 from .dequant_fp import dequantize_fp, non_finite_codes
 from .errors import MLXCheckpointError
-from .format import MLXCheckpoint, QuantizedModule, TensorRef
+from .format import MLXCheckpoint, QuantizedModule, TensorRef, Weight
 from .lazy_dense import LazyDense, Region
 
 Key = int | tuple[int | slice, ...] | None  # the whole tensor, one entry of its leading axis, or a slice
@@ -125,13 +125,12 @@ def iter_dense_weights(
                     make = _region_maker(source, lead, reader, dtype, rounding, buffers)
                     kind = dtype if isinstance(source, QuantizedModule) else PLAIN_DTYPES[source.dtype]
                     tensor = LazyDense(make, weight.shape, kind, device)
-                elif isinstance(source, TensorRef):
-                    tensor = _read_plain(source, weight.index, reader)
+                elif weight.inverse is not None:  # made whole, then restored: norms, convolutions, split tensors
+                    parts = [_dense(w, reader, dtype, rounding) for w in (weight, *weight.others)]
+                    tensor = weight.inverse.apply(*parts)
                 else:
-                    out = None if buffers is None else buffers.empty(weight.shape, dtype)
-                    tensor = _dequantize(source, lead, reader, dtype, rounding, out=out)
-                if weight.inverse is not None:  # small tensors (norms, convolutions): whole, never lazy
-                    tensor = weight.inverse.apply(tensor)
+                    out = None if buffers is None or not weight.quantized else buffers.empty(weight.shape, dtype)
+                    tensor = _dense(weight, reader, dtype, rounding, out)
                 stats.tensors += 1
                 yield weight.name, tensor
         finally:
@@ -144,6 +143,16 @@ def buffer_capacity(ckpt: MLXCheckpoint, dtype: torch.dtype, limit: int = 1 << 2
     rare larger tensors (embeddings, lm_head) get their own memory rather than pin 3x their size."""
     sizes = [math.prod(w.shape) * dtype.itemsize for w in ckpt.weights if w.quantized]
     return max((n for n in sizes if n <= limit), default=0)
+
+
+def _dense(
+    weight: Weight, reader: ShardReader, dtype: torch.dtype, rounding: Rounding, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`weight`'s stored tensor (entry `weight.index` of a stack), read or dequantized; no inverse applied."""
+    if isinstance(weight.source, TensorRef):
+        return _read_plain(weight.source, weight.index, reader)
+    lead = () if weight.index is None else (weight.index,)
+    return _dequantize(weight.source, lead, reader, dtype, rounding, out=out)
 
 
 def _read_plain(ref: TensorRef, key: Key, reader: ShardReader) -> torch.Tensor:

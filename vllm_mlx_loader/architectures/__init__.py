@@ -2,7 +2,8 @@
 MLX's stored names and tensors become what the vLLM model's own `load_weights` takes.
 
 One file per family. A dense architecture whose MLX names are the Hugging Face names needs only a line in
-`dense.py`; a family whose mlx-lm `sanitize` renames or stacks tensors gets its own adapter file.
+`dense.py`; a family whose mlx-lm `sanitize` renames or stacks tensors gets its own adapter file, and one whose
+`sanitize` changes values attaches the inverse to the weights it changed (`base.Inverse`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 from ..errors import MLXCheckpointError
 from .base import Adapter, Weight
+from .deepseek_v3 import DeepseekV3Adapter
 from .dense import DenseAdapter
 from .mixtral import MixtralAdapter
 from .qwen3_5 import Qwen3_5Adapter
@@ -20,7 +22,7 @@ from .vision_language import Gemma3VisionLanguageAdapter, LanguageModelOnlyAdapt
 
 ADAPTERS: tuple[Adapter, ...] = (
     DenseAdapter(), Qwen3MoeAdapter(), MixtralAdapter(), Qwen3NextAdapter(), Qwen3_5Adapter(),
-    Gemma3VisionLanguageAdapter(),
+    Gemma3VisionLanguageAdapter(), DeepseekV3Adapter(),
 )
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(a for adapter in ADAPTERS for a in adapter.architectures)
 

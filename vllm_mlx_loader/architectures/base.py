@@ -17,35 +17,47 @@ _MAX_SIZE = 1 << 24  # no dimension of a real model comes near; bounds what a ho
 _MAX_LAYERS = 4096
 
 
+def _same_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return shape
+
+
 @dataclass(frozen=True)
 class Inverse:
     """Undoes a change of values (not only of names) that mlx-lm's `sanitize` made when it converted the
-    Hugging Face checkpoint, so that the model gets the Hugging Face tensor back."""
+    Hugging Face checkpoint, so that the model gets the Hugging Face tensor back. `apply` and `shape` take
+    the weight's dense tensor (shape), then those of its `others`, in order."""
 
     description: str
-    apply: Callable[[torch.Tensor], torch.Tensor]
-    shape: Callable[[tuple[int, ...]], tuple[int, ...]] = tuple
+    apply: Callable[..., torch.Tensor]
+    shape: Callable[..., tuple[int, ...]] = _same_shape
 
 
 @dataclass(frozen=True)
 class Weight:
     """One dense weight as the vLLM model's `load_weights` (and the Hugging Face checkpoint) names it, made
     from a stored tensor or quantized module, or from one entry of its leading axis (one expert of a stack),
-    and `inverse` applied where mlx-lm changed its values."""
+    and `inverse` applied where mlx-lm changed its values (with `others`, where mlx-lm split one tensor)."""
 
     name: str
     source: Entry
     index: int | None = None
     inverse: Inverse | None = None
+    others: tuple[Weight, ...] = ()
+
+    @property
+    def stored_shape(self) -> tuple[int, ...]:
+        return tuple(self.source.shape[1:] if self.index is not None else self.source.shape)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        stored = self.source.shape[1:] if self.index is not None else self.source.shape
-        return self.inverse.shape(tuple(stored)) if self.inverse else tuple(stored)
+        if self.inverse is None:
+            return self.stored_shape
+        return tuple(self.inverse.shape(self.stored_shape, *(o.shape for o in self.others)))
 
     @property
     def nbytes(self) -> int:
-        return self.source.nbytes // self.source.shape[0] if self.index is not None else self.source.nbytes
+        own = self.source.nbytes // self.source.shape[0] if self.index is not None else self.source.nbytes
+        return own + sum(o.nbytes for o in self.others)
 
     @property
     def quantized(self) -> bool:
