@@ -204,6 +204,6 @@ def test_tensor_the_model_does_not_have_is_named(checkpoints, tmp_path) -> None:
 
 def test_unsupported_architecture_is_named(checkpoints, tmp_path) -> None:
     path = copy_checkpoint(checkpoints["q4g64"], tmp_path / "m")
-    edit_config(path, lambda c: c.update(architectures=["DeepseekV3ForCausalLM"]))
-    with pytest.raises(MLXCheckpointError, match=r"architecture 'DeepseekV3ForCausalLM' has no MLX-to-vLLM mapping"):
+    edit_config(path, lambda c: c.update(architectures=["FalconForCausalLM"]))
+    with pytest.raises(MLXCheckpointError, match=r"architecture 'FalconForCausalLM' has no MLX-to-vLLM mapping"):
         read_checkpoint(path)
