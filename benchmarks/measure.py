@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-import time
 
 import psutil
 
@@ -11,20 +11,33 @@ import psutil
 class TreeRSS:
     """`with TreeRSS(pid) as rss: ...` samples the tree's RSS; `rss.phase = name` attributes what follows.
 
-    `rss.peaks[name]` is the tree's peak RSS in bytes during that phase, `rss.peak` the overall one."""
+    `rss.peaks[name]` is the tree's peak RSS in bytes during that phase, `rss.peak` the overall one. Setting a
+    phase samples at once, so a phase shorter than the interval still gets a figure."""
 
     def __init__(self, pid: int, phase: str = "run", interval_s: float = 0.05) -> None:
         self.root = psutil.Process(pid)
-        self.phase, self.interval_s = phase, interval_s
+        self.interval_s = interval_s
         self.peaks: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._phase = phase
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    @property
+    def phase(self) -> str:
+        return self._phase
+
+    @phase.setter
+    def phase(self, name: str) -> None:
+        self._phase = name
+        self._record()
 
     @property
     def peak(self) -> int:
         return max(self.peaks.values(), default=0)
 
     def __enter__(self) -> TreeRSS:
+        self._record()
         self._thread.start()
         return self
 
@@ -32,11 +45,24 @@ class TreeRSS:
         self._done.set()
         self._thread.join()
 
+    def _tree_rss(self) -> int:
+        # A child may exit between listing and reading: count the ones still there rather than drop the sample.
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except psutil.Error:
+            return 0
+        total = 0
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                total += proc.memory_info().rss
+        return total
+
+    def _record(self) -> None:
+        rss = self._tree_rss()
+        if rss:
+            with self._lock:
+                self.peaks[self._phase] = max(self.peaks.get(self._phase, 0), rss)
+
     def _sample(self) -> None:
-        while not self._done.is_set():
-            try:
-                rss = sum(p.memory_info().rss for p in (self.root, *self.root.children(recursive=True)))
-                self.peaks[self.phase] = max(self.peaks.get(self.phase, 0), rss)
-            except psutil.Error:
-                pass
-            time.sleep(self.interval_s)
+        while not self._done.wait(self.interval_s):
+            self._record()

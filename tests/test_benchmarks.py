@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -17,6 +18,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import bench_dequant
 import bench_load
 import synthetic_checkpoint
+from measure import TreeRSS
 
 
 def layout(path):
@@ -25,6 +27,13 @@ def layout(path):
         with safe_open(shard, framework="pt") as f:
             found.update({k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()})
     return found
+
+
+def test_a_phase_shorter_than_the_sampling_interval_still_gets_its_peak() -> None:
+    # validate's "report" phase can end within one 50 ms interval; CI once saw its peak as 0.
+    with TreeRSS(os.getpid(), phase="setup", interval_s=10.0) as rss:
+        rss.phase = "report"
+    assert rss.peaks["setup"] > 0 and rss.peaks["report"] > 0
 
 
 def test_synthetic_checkpoint_has_the_layout_mlx_lm_writes(checkpoints, tmp_path) -> None:
