@@ -10,9 +10,10 @@ carries the current build stamp is not rebuilt.
 The Qwen3 model is tiny (4 layers, hidden 256, vocabulary 1024) but trained for a few hundred steps on a
 small corpus of facts, counting, code and chat turns, so its greedy continuations mean something
 ("The capital of France is" -> " Paris."). The other families (`FAMILY_VARIANTS`: Llama tied and untied,
-Qwen2, Gemma 3 text and vision-language, Qwen3-MoE, Mixtral, Qwen3-Next, Qwen3.5, DeepSeek-V3) are smaller still
-(2 layers, hidden 128) and trained the same way; the vision-language models on text only, with a one-layer
-vision tower that mlx-lm drops.
+Qwen2, Gemma 3 text and vision-language, Qwen3-MoE, Mixtral, Qwen3-Next, Qwen3.5, DeepSeek-V3, gpt-oss) are
+smaller still (2 layers, hidden 128) and trained the same way; the vision-language models on text only, with a
+one-layer vision tower that mlx-lm drops; gpt-oss stored as OpenAI publishes it (MXFP4 experts) before
+`mlx_lm.convert` quantizes the rest to 8 bits.
 """
 
 from __future__ import annotations
@@ -40,9 +41,11 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
 # One 4-bit g64 checkpoint per further architecture; the variant name is the source's name.
 FAMILIES = (
     "llama", "llama_tied", "qwen2", "gemma3", "gemma3_vlm", "qwen3_moe", "mixtral", "qwen3_next", "qwen3_5",
-    "deepseek_v3",
+    "deepseek_v3", "gpt_oss",
 )
 FAMILY_VARIANTS = {name: (["-q", "--q-bits", "4", "--q-group-size", "64"], name) for name in FAMILIES}
+# gpt-oss-20b-MXFP4-Q8's recipe: the experts stay in OpenAI's MXFP4, everything else 8-bit affine
+FAMILY_VARIANTS["gpt_oss"] = (["-q", "--q-bits", "8", "--q-group-size", "64"], "gpt_oss")
 VARIANTS.update(FAMILY_VARIANTS)
 # MLX's float modes, and a per-layer mix of modes (`mixed_modes`: a quant_predicate, as mlx_lm.convert's Python API
 # takes it), all from the untied Qwen3.
@@ -186,6 +189,11 @@ def model_for(kind: str, ids: dict[str, int]):
             first_k_dense_replace=1, q_lora_rank=64, kv_lora_rank=512, qk_rope_head_dim=64, qk_nope_head_dim=64,
             v_head_dim=64, tie_word_embeddings=False,
         )),
+        # gpt-oss as OpenAI publishes it: sliding and full attention with sinks, yarn rope, biased experts
+        "gpt_oss": (tf.GptOssConfig, tf.GptOssForCausalLM, dict(
+            small, head_dim=64, intermediate_size=128, num_local_experts=4, num_experts_per_tok=2, sliding_window=64,
+            layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=False,
+        )),
         "qwen3_next": (tf.Qwen3NextConfig, tf.Qwen3NextForCausalLM, dict(
             small, **moe, **hybrid, num_experts=4, shared_expert_intermediate_size=128, decoder_sparse_step=1,
             mlp_only_layers=[],
@@ -215,7 +223,46 @@ def real_checkpoint_fields(out: Path) -> None:
         text.pop("rope_parameters", None)
         text.update(rope_theta=10000.0, rope_local_base_freq=10000.0, rope_scaling=None, sliding_window_pattern=2)
         config["vocab_size"] = text["vocab_size"]  # mlx-lm's wrapper reads it at the top level
+    if config.get("model_type") == "gpt_oss":  # mlx-lm reads rope_scaling, as OpenAI's config has it
+        config["rope_scaling"] = {k: v for k, v in config["rope_parameters"].items() if k != "rope_theta"}
     path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def openai_mxfp4_layout(out: Path) -> None:
+    """Store the experts as OpenAI publishes gpt-oss (`*_blocks` / `*_scales` in MXFP4, `[experts, out, in]`),
+    the only layout mlx-lm's gpt_oss conversion reads: from a BF16 `gate_up_proj` it splits the wrong axis."""
+    import mlx.core as mx
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shard = out / "model.safetensors"
+    tensors = load_file(shard)
+    for name in [n for n in tensors if n.endswith(("experts.gate_up_proj", "experts.down_proj"))]:
+        w = tensors.pop(name).float().transpose(1, 2).contiguous()  # [experts, out, in]
+        packed, scales = mx.quantize(mx.array(w.numpy()), group_size=32, bits=4, mode="mxfp4")
+        blocks = np.array(packed).view(np.uint8).reshape(*w.shape[:2], -1, 16)
+        tensors[f"{name}_blocks"] = torch.from_numpy(blocks)
+        tensors[f"{name}_scales"] = torch.from_numpy(np.array(scales))
+    save_file(tensors, shard, metadata={"format": "pt"})
+    config = json.loads((out / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": [
+        "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+# OpenAI's harmony format tokens, which vLLM's gpt-oss reasoning parser looks up (0.18 at engine start)
+HARMONY_TOKENS = ["<|start|>", "<|channel|>", "<|message|>", "<|end|>", "<|return|>", "<|call|>", "<|constrain|>"]
+
+
+def harmony_tokens(out: Path) -> None:
+    """gpt-oss's tokenizer carries harmony's special tokens; transformers 5 saves them as a list under
+    `extra_special_tokens`, as in every tokenizer it saves with additional special tokens."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    tokenizer.add_special_tokens({"additional_special_tokens": HARMONY_TOKENS})
+    tokenizer.save_pretrained(out)
 
 
 def train_model(out: Path, kind: str) -> None:
@@ -245,6 +292,9 @@ def train_model(out: Path, kind: str) -> None:
             print(f"  step {step}: loss {loss.item():.3f}", flush=True)
     model.to(torch.bfloat16).save_pretrained(out)
     real_checkpoint_fields(out)
+    if kind == "gpt_oss":
+        openai_mxfp4_layout(out)
+        harmony_tokens(out)
     GenerationConfig(eos_token_id=eos, pad_token_id=pad, bos_token_id=pad).save_pretrained(out)
 
 

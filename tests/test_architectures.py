@@ -21,7 +21,7 @@ ARCHITECTURES = {
     "llama_tied": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "gemma3": "Gemma3ForCausalLM",
     "qwen3_moe": "Qwen3MoeForCausalLM", "mixtral": "MixtralForCausalLM", "qwen3_next": "Qwen3NextForCausalLM",
     "qwen3_5": "Qwen3_5ForConditionalGeneration", "gemma3_vlm": "Gemma3ForConditionalGeneration",
-    "deepseek_v3": "DeepseekV3ForCausalLM",
+    "deepseek_v3": "DeepseekV3ForCausalLM", "gpt_oss": "GptOssForCausalLM",
 }
 MOE = ("qwen3_moe", "mixtral", "qwen3_next", "deepseek_v3")
 # mlx-lm keeps Qwen routers at 8 bits; DeepSeek's router is no Linear and stays BF16
@@ -33,13 +33,20 @@ HF_EXPERT_NAMES = {
     "qwen3_next": {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"},
     "deepseek_v3": {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"},
 }
+MXFP4_SOURCE = ("experts.gate_up_proj", "experts.down_proj")  # gpt-oss's, as OpenAI published them
 VISION = ("model.visual.", "model.vision_tower.", "model.multi_modal_projector.")  # mlx-lm drops them
 
 
 def source_tensors(variant: str) -> dict[str, torch.Tensor]:
     """The BF16 Hugging Face weights `mlx_lm.convert` quantized for `variant`, under transformers 5's parameter
-    names (it saves Gemma 3's vision-language model under the original checkpoints' `language_model.model.*`)."""
+    names (it saves Gemma 3's vision-language model under the original checkpoints' `language_model.model.*`);
+    gpt-oss's MXFP4 expert stacks (OpenAI's `*_blocks`, `[experts, out, in]`) as transformers' dense parameters."""
     tensors = load_file(FIXTURES / "_hf" / tiny_qwen3.VARIANTS[variant][1] / "model.safetensors")
+    for name in [n[: -len("_blocks")] for n in tensors if n.endswith("_blocks")]:
+        blocks, scales = tensors.pop(f"{name}_blocks"), tensors.pop(f"{name}_scales")
+        packed = mx.array(blocks.flatten(-2).numpy()).view(mx.uint32)
+        dense = mx.dequantize(packed, mx.array(scales.numpy()), group_size=32, bits=4, mode="mxfp4")
+        tensors[name] = to_torch(dense).transpose(1, 2)
     legacy = {"language_model.model.": "model.language_model.", "vision_tower.": "model.vision_tower.",
               "multi_modal_projector.": "model.multi_modal_projector."}
     return {next((new + n[len(old):] for old, new in legacy.items() if n.startswith(old)), n): t
@@ -65,7 +72,9 @@ def test_streamed_weights_are_the_hugging_face_weights(variant, checkpoints) -> 
     for name, tensor in streamed.items():
         want = source[name].float()
         assert tensor.shape == want.shape, name
-        if name in quantized:
+        if name.endswith(MXFP4_SOURCE):  # MLX keeps OpenAI's codes and scales: exact
+            assert torch.equal(tensor, want), name
+        elif name in quantized:
             cosine = torch.nn.functional.cosine_similarity(tensor.flatten(), want.flatten(), dim=0)
             assert cosine > 0.98, (name, float(cosine))
         elif name in shifted:
@@ -173,4 +182,35 @@ def test_deepseek_kv_b_proj_is_both_halves_mlx_stored_stacked_back_per_head(chec
     save_file(tensors, broken / "model.safetensors", metadata={"format": "mlx"})
     with pytest.raises(MLXCheckpointError, match=r"model.layers.1.self_attn.embed_q.weight.* has no "
                        r"model.layers.1.self_attn.unembed_out.weight beside it"):
+        read_checkpoint(broken)
+
+
+def test_gpt_oss_gate_up_proj_interleaves_mlx_gate_and_up_rows(checkpoints, tmp_path) -> None:
+    """mlx-lm splits OpenAI's `gate_up_proj` into even rows (`gate_proj`) and odd rows (`up_proj`), each
+    `[experts, inter, hidden]`; the streamed `gate_up_proj` is `[experts, hidden, 2 * inter]` with MLX's own
+    dequantized rows interleaved back, and its bias likewise. A lone half is refused."""
+    import shutil
+
+    from vllm_mlx_loader.errors import MLXCheckpointError
+
+    ckpt = read_checkpoint(checkpoints["gpt_oss"])
+    streamed = dict(iter_dense_weights(ckpt, "cpu", torch.float32))
+    weights = mx.load(str(ckpt.shards[0]))
+    prefix = "model.layers.1.mlp.experts"
+    gate, up, down = (to_torch(mx.dequantize(weights[f"{prefix}.{m}.weight"], weights[f"{prefix}.{m}.scales"],
+                                             group_size=32, bits=4, mode="mxfp4"))
+                      for m in ("gate_proj", "up_proj", "down_proj"))
+    gate_up = streamed[f"{prefix}.gate_up_proj"]
+    assert torch.equal(gate_up[..., 0::2], gate.transpose(1, 2)) and torch.equal(gate_up[..., 1::2], up.transpose(1, 2))
+    assert torch.equal(streamed[f"{prefix}.down_proj"], down.transpose(1, 2))
+    bias = streamed[f"{prefix}.gate_up_proj_bias"]
+    assert torch.equal(bias[:, 0::2], to_torch(weights[f"{prefix}.gate_proj.bias"]).float())
+    assert torch.equal(bias[:, 1::2], to_torch(weights[f"{prefix}.up_proj.bias"]).float())
+
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoints["gpt_oss"], broken)
+    tensors = load_file(broken / "model.safetensors")
+    del tensors[f"{prefix}.up_proj.bias"]
+    save_file(tensors, broken / "model.safetensors", metadata={"format": "mlx"})
+    with pytest.raises(MLXCheckpointError, match=rf"{prefix}.gate_proj.bias.* has no {prefix}.up_proj.bias beside"):
         read_checkpoint(broken)

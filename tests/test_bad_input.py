@@ -324,6 +324,25 @@ FP_ROWS: list[tuple[str, str, Callable[[Path], None], str | None, str]] = [
 ]
 
 
+# Families whose conversion split a tensor: the parts must come together, each on its family's fixture.
+G, K = "model.layers.0.mlp.experts", "model.layers.1.self_attn"
+FAMILY_ROWS: list[tuple[str, str, Callable[[Path], None], str | None, str]] = [
+    ("gpt-oss-lone-half", "gpt-oss: `gate_proj` without `up_proj` (mlx-lm's halves of `gate_up_proj`)",
+     edit_tensors(pop(f"{G}.up_proj.weight", f"{G}.up_proj.scales")),
+     rf"tensor '{G}.gate_proj.weight': has no {G}.up_proj.weight beside it: gate_proj and up_proj \(the halves of "
+     r"gate_up_proj\) belong together", "gpt_oss"),
+    ("gpt-oss-halves-differ", "gpt-oss: `up_proj` holds 3 experts, `gate_proj` 4",
+     edit_tensors(lambda t: t.update({f"{G}.up_proj.{x}": t[f"{G}.up_proj.{x}"][:3].clone() for x in
+                                      ("weight", "scales")})),
+     rf"tensor '{G}.up_proj.weight': shape \[3, 128, 128\] does not pair with {G}.gate_proj.weight \[4, 128, 128\]",
+     "gpt_oss"),
+    ("mla-lone-half", "DeepSeek-V3: `embed_q` without `unembed_out` (mlx-lm's halves of `kv_b_proj`)",
+     edit_tensors(pop(*(f"{K}.unembed_out.{x}" for x in ("weight", "scales", "biases")))),
+     rf"tensor '{K}.embed_q.weight': has no {K}.unembed_out.weight beside it: the two halves of kv_b_proj belong",
+     "deepseek_v3"),
+]
+
+
 @pytest.fixture
 def checkpoint(checkpoints, tmp_path) -> Path:
     path = tmp_path / "model"
@@ -353,8 +372,9 @@ def test_bad_moe_input(row, what, breaker, message, checkpoints, tmp_path) -> No
     assert str(info.value).count("\n") == 0
 
 
-@pytest.mark.parametrize(("row", "what", "breaker", "message", "fixture"), FP_ROWS, ids=[r[0] for r in FP_ROWS])
-def test_bad_float_mode_input(row, what, breaker, message, fixture, checkpoints, tmp_path) -> None:
+@pytest.mark.parametrize(("row", "what", "breaker", "message", "fixture"), FP_ROWS + FAMILY_ROWS,
+                         ids=[r[0] for r in FP_ROWS + FAMILY_ROWS])
+def test_bad_input_of_a_mode_or_family(row, what, breaker, message, fixture, checkpoints, tmp_path) -> None:
     path = tmp_path / "model"
     shutil.copytree(checkpoints[fixture], path, ignore=shutil.ignore_patterns(".stamp"))
     breaker(path)
@@ -366,5 +386,5 @@ def test_bad_float_mode_input(row, what, breaker, message, fixture, checkpoints,
 def test_every_row_is_in_the_readme_table() -> None:
     readme = (REPO / "README.md").read_text()
     table = re.findall(r"^\| `([a-z0-9-]+)` \|", readme, flags=re.MULTILINE)
-    assert table == [r[0] for r in ROWS + MOE_ROWS + FP_ROWS]
+    assert table == [r[0] for r in ROWS + MOE_ROWS + FP_ROWS + FAMILY_ROWS]
     assert len(ROWS) >= 25

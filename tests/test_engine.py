@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import OLDER_VLLM_VARIANTS, PROMPTS, VARIANTS, engine_kwargs, shutdown
+from conftest import OLDER_VLLM_VARIANTS, PROMPTS, REFERENCE_VLLM_ONLY_VARIANTS, VARIANTS, engine_kwargs, shutdown
 
 from vllm_mlx_loader.errors import MLXCheckpointError
 
@@ -47,10 +47,15 @@ def generate_and_compare(path, tokenizer, label: str, **llm_kwargs):
         assert worst <= 0.1, f"{label}: {prompt!r}: chosen-token logprob differs by {worst:.3f}"
 
 
+def older_vllm_marks(variant: str) -> list[pytest.MarkDecorator]:
+    if variant not in OLDER_VLLM_VARIANTS:
+        return [pytest.mark.latest_only]
+    return [pytest.mark.reference_vllm_only] if variant in REFERENCE_VLLM_ONLY_VARIANTS else []
+
+
 @pytest.mark.parametrize(
     "variant",
-    [v if v in OLDER_VLLM_VARIANTS else pytest.param(v, marks=pytest.mark.latest_only)
-     for v in VARIANTS if v not in NO_MLX_PARITY | DEQUANTIZATION_ONLY],
+    [pytest.param(v, marks=older_vllm_marks(v)) for v in VARIANTS if v not in NO_MLX_PARITY | DEQUANTIZATION_ONLY],
 )
 def test_greedy_tokens_and_logprobs_match_mlx_float32(variant, checkpoints, tokenizer) -> None:
     if variant in LANGUAGE_MODEL_ONLY:
@@ -76,7 +81,7 @@ def test_deepseek_v3_fills_every_parameter_of_vllms_model(checkpoints, tokenizer
     assert len(out[0].outputs[0].token_ids) == 4
 
 
-@pytest.mark.parametrize("variant", ["q4g128", "qwen3_moe"])
+@pytest.mark.parametrize("variant", [pytest.param("q4g128", marks=pytest.mark.reference_vllm_only), "qwen3_moe"])
 def test_tensor_parallel_2_matches_mlx_float32(variant, checkpoints, tokenizer, monkeypatch) -> None:
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")  # one core per rank
     generate_and_compare(checkpoints[variant], tokenizer, f"{variant} tp2", tensor_parallel_size=2)

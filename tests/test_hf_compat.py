@@ -33,6 +33,21 @@ def test_a_tokenizer_saved_by_transformers_5_loads_and_encodes_like_its_tokenize
     assert type(pickle.loads(pickle.dumps(tok))) is type(tok)  # vLLM may ship it to another process
 
 
+def test_additional_special_tokens_saved_by_transformers_5_stay_special(checkpoints) -> None:
+    """transformers 5 saves them as a list under `extra_special_tokens` (gpt-oss's harmony tokens here), which
+    transformers 4.57 alone cannot read ('list' object has no attribute 'keys'): vLLM 0.18 did not start."""
+    from tiny_qwen3 import HARMONY_TOKENS
+
+    path = checkpoints["gpt_oss"]
+    assert '"extra_special_tokens": [' in (path / "tokenizer_config.json").read_text()
+    tok = load_tokenizer(path)
+    assert set(HARMONY_TOKENS) <= set(tok.all_special_tokens)
+    ids = tok("<|start|>assistant<|channel|>final<|message|>Paris<|end|>")["input_ids"]
+    assert [tok.convert_ids_to_tokens(i) for i in ids if i in tok.all_special_ids] == [
+        "<|start|>", "<|channel|>", "<|message|>", "<|end|>"]
+    assert tok.decode(ids, skip_special_tokens=True) == "assistantfinalParis"
+
+
 @pytest.mark.skipif(not TRANSFORMERS_4, reason="transformers 5 knows TokenizersBackend itself")
 def test_transformers_4_alone_cannot_read_it(checkpoints, monkeypatch) -> None:
     # the module transformers looks the name up in (vLLM's imports can put a new one in sys.modules)

@@ -52,7 +52,8 @@ def teach_tokenizers_backend() -> bool:
 
     transformers 4.x looks an unknown tokenizer class up as an attribute of the `transformers` module, so
     the name is added there, as a subclass of `PreTrainedTokenizerFast` (what transformers 5 renamed) that
-    adds nothing. Does nothing where transformers already knows the name. Returns True if it added it.
+    reads transformers 5's list of `extra_special_tokens` as the additional special tokens it is. Does nothing
+    where transformers already knows the name. Returns True if it added it.
     """
     import transformers
 
@@ -76,6 +77,15 @@ def _tokenizers_backend_class() -> type:
 
     class TokenizersBackend(PreTrainedTokenizerFast):  # the name, so that transformers does not warn of a mismatch
         """transformers 5's name for a fast tokenizer backed by `tokenizers`."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            # transformers 5 saves the additional special tokens as a list under `extra_special_tokens`, where
+            # 4.x expects a dict of named tokens (`'list' object has no attribute 'keys'`)
+            extra = kwargs.get("extra_special_tokens")
+            if isinstance(extra, list | tuple):
+                del kwargs["extra_special_tokens"]
+                kwargs["additional_special_tokens"] = [*(kwargs.get("additional_special_tokens") or []), *extra]
+            super().__init__(*args, **kwargs)
 
     TokenizersBackend.__module__, TokenizersBackend.__qualname__ = __name__, "TokenizersBackend"
     return TokenizersBackend

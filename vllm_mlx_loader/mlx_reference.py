@@ -6,7 +6,10 @@ Nothing of this package's dequantization is shared, so a packing or bit-order bu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import inspect
+import json
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,13 +24,59 @@ class Generation:
     logprobs: list[float]  # log-probability of each chosen token
 
 
-def load_float32(model_dir: str | Path) -> Any:
+def load_float32(model_dir: str | Path, log: Callable[[str], None] | None = None) -> Any:
     import mlx.core as mx
     from mlx_lm.utils import load_model
 
     model, _ = load_model(Path(model_dir))  # no tokenizer: callers pass token ids
     model.set_dtype(mx.float32)  # floating tensors only: packed codes stay, scales/biases become float32
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    if honour_yarn_truncate(model, config) and log is not None:
+        log("mlx-lm truncates YaRN's correction range though config.json says \"truncate\": false (gpt-oss); "
+            "the MLX reference uses it untruncated, as transformers and vLLM do")
     return model
+
+
+def honour_yarn_truncate(model: Any, config: dict[str, Any]) -> int:
+    """Give mlx-lm's YaRN rotary embeddings the frequencies of an untruncated correction range where the config
+    asks for one (`rope_scaling.truncate: false`, as gpt-oss's); return how many were changed.
+
+    mlx-lm 0.32's `YarnRoPE` rounds the range's ends (floor / ceil) whatever the config says, while transformers
+    and vLLM follow `truncate`. On gpt-oss the rounded range shifts a few frequencies enough to move logits by more
+    than 1 at a few hundred tokens (measured on the test fixture: up to 1.4 at 200 tokens, 5.5 at ~1,000; 1e-5
+    once untruncated), which is not the model's computation.
+    """
+    from mlx_lm.models.rope_utils import YarnRoPE
+
+    text = config.get("text_config") or config
+    scaling = text.get("rope_scaling") or config.get("rope_scaling") or {}
+    if scaling.get("truncate", True) is not False or scaling.get("rope_type", scaling.get("type")) != "yarn":
+        return 0
+    if "truncate" in inspect.signature(YarnRoPE.__init__).parameters:  # an mlx-lm that reads it itself
+        return 0
+    ropes = [m for _, m in model.named_modules() if isinstance(m, YarnRoPE)]
+    base = text.get("rope_theta", config.get("rope_theta"))
+    for rope in ropes:
+        rope._freqs = _untruncated_yarn_freqs(rope.dims, base, scaling)
+    return len(ropes)
+
+
+def _untruncated_yarn_freqs(dims: int, base: float, scaling: dict[str, Any]) -> Any:
+    """YaRN's frequencies (mlx-lm's `YarnRoPE` formula) with the correction range's ends left unrounded."""
+    import mlx.core as mx
+
+    factor, original = scaling["factor"], scaling.get("original_max_position_embeddings", 4096)
+
+    def correction_dim(rotations: float) -> float:
+        return dims * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low = max(correction_dim(scaling.get("beta_fast", 32)), 0)
+    high = min(correction_dim(scaling.get("beta_slow", 1)), dims - 1)
+    ramp = mx.clip((mx.arange(dims // 2, dtype=mx.float32) - low) / max(high - low, 0.001), 0, 1)
+    extra = base ** (mx.arange(0, dims, 2, dtype=mx.float32) / dims)
+    inter = factor * extra
+    keep = 1.0 - ramp
+    return (inter * extra) / (inter * keep + extra * (1 - keep))
 
 
 def _logits(model: Any, tokens: list[int]) -> Any:

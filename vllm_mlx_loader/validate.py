@@ -170,7 +170,7 @@ def validate(args: argparse.Namespace, gates: accuracy.Gates) -> int:
             log("phase 3/3: MLX float32 reference (mlx-lm), compared as it is computed")
             from .mlx_reference import load_float32, logit_blocks
 
-            mlx_model = load_float32(args.model)
+            mlx_model = load_float32(args.model, log=log)
             metrics["mlx_fp32"] = compare(runs, lambda seq: logit_blocks(mlx_model, seq, rows_per_block(vocab)))
             del mlx_model
     log("comparing")

@@ -14,6 +14,7 @@ from ..errors import MLXCheckpointError
 from .base import Adapter, Weight
 from .deepseek_v3 import DeepseekV3Adapter
 from .dense import DenseAdapter
+from .gpt_oss import GptOssAdapter
 from .mixtral import MixtralAdapter
 from .qwen3_5 import Qwen3_5Adapter
 from .qwen3_moe import Qwen3MoeAdapter
@@ -22,7 +23,7 @@ from .vision_language import Gemma3VisionLanguageAdapter, LanguageModelOnlyAdapt
 
 ADAPTERS: tuple[Adapter, ...] = (
     DenseAdapter(), Qwen3MoeAdapter(), MixtralAdapter(), Qwen3NextAdapter(), Qwen3_5Adapter(),
-    Gemma3VisionLanguageAdapter(), DeepseekV3Adapter(),
+    Gemma3VisionLanguageAdapter(), DeepseekV3Adapter(), GptOssAdapter(),
 )
 SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(a for adapter in ADAPTERS for a in adapter.architectures)
 

@@ -68,6 +68,14 @@ class Weight:
         return ref.where() + (f" [{self.index}]" if self.index is not None else "")
 
 
+def missing_partner(weight: Weight, partner: str, what: str) -> MLXCheckpointError:
+    """The error for one part of a tensor mlx-lm split, found without the part it must be joined with."""
+    return MLXCheckpointError(
+        weight.where(), f"has no {partner} beside it: {what} belong together.",
+        "The checkpoint is incomplete: re-download or re-convert it.",
+    )
+
+
 def size(config: dict[str, Any], key: str, where: str, default: int | None = None) -> int:
     value = config.get(key)
     if value is None and default is not None:

@@ -18,10 +18,11 @@ import torch
 
 from ..errors import MLXCheckpointError
 from ..stored import Entry
-from .base import Inverse, Weight
+from .base import Inverse, Weight, missing_partner
 from .moe import StackedExpertsAdapter
 
 _KEY, _VALUE = ".self_attn.embed_q.weight", ".self_attn.unembed_out.weight"
+_HALVES = "the two halves of kv_b_proj"
 
 
 def _joined(wk: torch.Tensor, wv: torch.Tensor) -> torch.Tensor:
@@ -57,19 +58,13 @@ class DeepseekV3Adapter(StackedExpertsAdapter):
             if w.name.endswith(_KEY):
                 prefix = w.name[: -len(_KEY)]
                 if prefix not in values:
-                    raise MLXCheckpointError(
-                        w.where(), f"has no {prefix}{_VALUE} beside it: the two halves of kv_b_proj belong together.",
-                        "The checkpoint is incomplete: re-download or re-convert it.",
-                    )
+                    raise missing_partner(w, f"{prefix}{_VALUE}", _HALVES)
                 wv = values.pop(prefix)
                 _check_halves(w, wv)
                 w = dataclasses.replace(w, name=f"{prefix}.self_attn.kv_b_proj.weight", inverse=JOIN_KV_B, others=(wv,))
             out.append(w)
         for prefix, wv in values.items():
-            raise MLXCheckpointError(
-                wv.where(), f"has no {prefix}{_KEY} beside it: the two halves of kv_b_proj belong together.",
-                "The checkpoint is incomplete: re-download or re-convert it.",
-            )
+            raise missing_partner(wv, f"{prefix}{_KEY}", _HALVES)
         return out
 
 
