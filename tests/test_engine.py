@@ -18,10 +18,12 @@ LANGUAGE_MODEL_ONLY = {"gemma3_vlm", "qwen3_5"}  # vision-language models: mlx-l
 # vLLM 0.32's CPU DeepSeek-V3 (MLA) path does not repeat itself: the same BF16 checkpoint, served twice, gave
 # different greedy tokens for 2 of 5 prompts (log-probs up to 0.6 apart), so MLX parity would test its kernels
 NO_MLX_PARITY = {"deepseek_v3"}
-# Bit widths whose engine run would repeat another's: mixed_3_6 runs 3- and 6-bit layers, the MoE routers and
-# mixed_modes' attention 8-bit ones, and every tensor of these fixtures equals mx.dequantize bit for bit
-# (test_dequant.py); dropped from the engine runs to keep CI's time in bounds
-DEQUANTIZATION_ONLY = {"q3g64", "q6g64", "q8g32"}
+# Fixtures whose engine run would repeat another's, dropped from the engine runs to keep CI's time in bounds; every
+# tensor of each equals mx.dequantize bit for bit (test_dequant.py, test_dequant_fp.py) and its names and values
+# the source's (test_architectures.py). Bit widths: mixed_3_6 runs 3- and 6-bit layers, the MoE routers and
+# mixed_modes' attention 8-bit ones, every family fixture 4-bit g64. Float modes: mixed_modes runs all three
+# (mxfp4 MLPs, nvfp4 embeddings, mxfp8 lm_head), gpt_oss mxfp4 experts. Tied embeddings: `tied` and gemma3.
+DEQUANTIZATION_ONLY = {"q3g64", "q6g64", "q8g32", "q4g64", "mxfp4", "mxfp8", "nvfp4", "llama_tied"}
 
 
 def generate_and_compare(path, tokenizer, label: str, **llm_kwargs):
