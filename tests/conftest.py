@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -13,7 +15,7 @@ sys.path.insert(0, str(REPO / "examples"))
 
 import tiny_qwen3  # noqa: E402
 
-from vllm_mlx_loader.validate import shutdown_llm as shutdown  # noqa: E402, F401
+from vllm_mlx_loader.vllm.compat import shutdown_llm as shutdown  # noqa: E402, F401
 
 FIXTURES = Path(os.environ.get("VLLM_MLX_FIXTURES", REPO / ".cache" / "fixtures"))
 VARIANTS = sorted(tiny_qwen3.VARIANTS)
@@ -85,6 +87,19 @@ def chat_prompt_ids(tokenizer, messages: list[dict], **template_kwargs) -> list[
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def unstacked(tensors: dict) -> dict:
+    """MLX's expert stacks (`mlp.switch_mlp.gate_proj.weight`, `[experts, out, in]`; `mlx_lm.convert -d` keeps them)
+    under the Hugging Face per-expert names the loader and our converter give them, entry by entry."""
+    out = {}
+    for name, tensor in tensors.items():
+        if ".switch_mlp." in name:
+            block, rest = name.split(".switch_mlp.")
+            out.update({f"{block}.experts.{e}.{rest}": t for e, t in enumerate(tensor)})
+        else:
+            out[name] = tensor
+    return out
+
+
 def to_torch(a):
     """An mlx array as a torch tensor of the same bits (bfloat16 through uint16, uint32 codes as int32)."""
     import mlx.core as mx
@@ -96,6 +111,23 @@ def to_torch(a):
     if a.dtype == mx.uint32:
         return torch.from_numpy(np.array(a).view(np.int32))
     return torch.from_numpy(np.array(a))
+
+
+@contextlib.contextmanager
+def deadline(seconds: int):
+    """Fail (instead of hanging the run) if the block takes longer than `seconds`: for code that reads what a
+    hostile checkpoint links to (a FIFO, /dev/zero). SIGALRM interrupts a blocking read too."""
+
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def engine_kwargs(**overrides):

@@ -134,6 +134,32 @@ def hf_cache_layout(path: Path) -> None:
             os.symlink(Path("..") / ".." / "blobs" / item.name, snapshot / item.name)
 
 
+def link_config_to(target: str) -> Callable[[Path], None]:
+    def apply(path: Path) -> None:
+        (path / "config.json").unlink()
+        os.symlink(target, path / "config.json")
+
+    return apply
+
+
+def config_fifo(path: Path) -> None:
+    """A FIFO: opening it for reading waits for a writer that never comes."""
+    (path / "config.json").unlink()
+    os.mkfifo(path / "config.json")
+
+
+def oversized_config(path: Path) -> None:
+    text = (path / "config.json").read_text()
+    (path / "config.json").write_text(text + " " * (17 << 20))  # valid JSON, 17 MiB
+
+
+def index_to_dev_zero(path: Path) -> None:
+    """A linear missing, so the loader reads the index for its hint; the index is a link to /dev/zero."""
+    edit_tensors(pop(*(f"{Q}.{x}" for x in ("weight", "scales", "biases"))))(path)
+    (path / "model.safetensors.index.json").unlink(missing_ok=True)
+    os.symlink("/dev/zero", path / "model.safetensors.index.json")
+
+
 def empty(path: Path) -> None:
     for item in path.iterdir():
         item.unlink()
@@ -250,6 +276,23 @@ ROWS: list[tuple[str, str, Callable[[Path], None], str | None]] = [
      r"is not an MLX checkpoint: it has a 'quantization_config' without 'quant_method' but no 'quantization'"),
     ("config-not-json", "config.json is not JSON", lambda p: (p / "config.json").write_text("{oops"),
      r"config.json: is not valid JSON"),
+    ("config-link-to-dev-zero", "config.json a link to /dev/zero (an endless file)", link_config_to("/dev/zero"),
+     r"config.json: is a link to /dev/zero, outside the checkpoint directory"),
+    ("config-fifo", "config.json a FIFO (reading it would wait for a writer forever)", config_fifo,
+     r"config.json: is not a regular file \(a broken link, a directory, a FIFO or a device\)"),
+    ("config-too-large", "config.json of 17 MiB", oversized_config, r"config.json: is larger than 16 MiB"),
+    ("index-link-to-dev-zero", "a linear missing, and the index (read only for the hint) a link to /dev/zero",
+     index_to_dev_zero, rf"the shards lack weights that Qwen3ForCausalLM needs: {Q}.weight\. The checkpoint is "
+     "incomplete"),
+    ("scales-without-quantization", "an MLX conversion holding scales, its config.json without `quantization`",
+     edit_config(lambda c: [c.pop("quantization"), c.pop("quantization_config")]),
+     r"tensor 'lm_head.scales': holds quantization scales, but config.json has no 'quantization' entry"),
+    ("hostile-layer-count", "config.json claims 2**24 layers (transformers would fill a list per layer)",
+     edit_config(lambda c: c.update(num_hidden_layers=2**24)),
+     r"config.json: num_hidden_layers must be a positive integer of at most 256, found 16777216"),
+    ("hostile-list", "config.json holds a list of 2**20 entries",
+     edit_config(lambda c: c.update(mlp_only_layers=[0] * 2**20)),
+     r"config.json: mlp_only_layers has 1048576 entries; at most 4096 are expected"),
 ]
 
 
@@ -267,6 +310,13 @@ MOE_ROWS: list[tuple[str, str, Callable[[Path], None], str | None]] = [
     ("router-missing", "the router `mlp.gate` absent", edit_tensors(pop(*(f"model.layers.1.mlp.gate.{x}" for x in
                                                                            ("weight", "scales", "biases")))),
      r"lack weights that Qwen3MoeForCausalLM needs: model.layers.1.mlp.gate.weight"),
+    ("hostile-expert-count", "config.json claims 2**24 experts",
+     edit_config(lambda c: c.update(num_experts=2**24, num_local_experts=2**24)),
+     r"config.json: num_experts must be a positive integer of at most 4096, found 16777216"),
+    ("hostile-expert-matrices", "config.json claims 4096 experts in each of 48 layers",
+     edit_config(lambda c: c.update(num_experts=4096, num_local_experts=4096, num_hidden_layers=48)),
+     r"config.json: 48 mixture-of-experts layers of 4096 experts make 196608 expert matrices per projection; at "
+     r"most 131072 are expected"),
     ("stack-flattened", "a stack stored 2-D ([experts x out, in])",
      edit_tensors(lambda t: t.update({f"{E}.gate_proj.{x}": t[f"{E}.gate_proj.{x}"].flatten(0, 1).clone() for x in
                                       ("weight", "scales", "biases")})),
@@ -295,6 +345,10 @@ FP_ROWS: list[tuple[str, str, Callable[[Path], None], str | None, str]] = [
     ("fp-stray-biases", "an mxfp4 module with biases",
      edit_tensors(lambda t: t.update({f"{Q}.biases": torch.zeros(512, 8, dtype=torch.bfloat16)})),
      rf"tensor '{Q}.biases': is present, but mxfp4 has no biases", "mxfp4"),
+    ("fp-group-size-float", "mxfp4 with group_size 32.0 (a float) in config.json",
+     edit_config(lambda c: c["quantization"].update(group_size=32.0)),
+     r"config.json quantization has group_size=32.0, bits=4; MLX's mxfp4 has only group_size=32, bits=4 \(integers\)",
+     "mxfp4"),
     ("fp-group-size", "mxfp4 with group_size 64 in config.json",
      edit_config(lambda c: c["quantization"].update(group_size=64)),
      r"config.json quantization has group_size=64, bits=4; MLX's mxfp4 has only group_size=32, bits=4", "mxfp4"),
@@ -310,17 +364,33 @@ FP_ROWS: list[tuple[str, str, Callable[[Path], None], str | None, str]] = [
      rf"tensor '{Q}.scales': config.json says {Q} has a global scale, but {Q}.global_scale is missing", "nvfp4"),
     ("global-scale-zero", "an nvfp4 global scale of 0",
      edit_tensors(add(f"{Q}.global_scale", torch.tensor(0.0))),
-     rf"tensor '{Q}.global_scale': holds \[0.0\] where one non-zero float32 value per matrix belongs", "nvfp4"),
+     rf"tensor '{Q}.global_scale': holds 0.0 where non-zero float32 values belong", "nvfp4"),
     ("global-scale-non-finite", "an nvfp4 global scale of Inf",
      edit_tensors(add(f"{Q}.global_scale", torch.tensor(float("inf")))),
      rf"tensor '{Q}.global_scale': holds 1 non-finite values \(NaN or Inf\) among 1", "nvfp4"),
     ("global-scale-shape", "an nvfp4 global scale per row instead of one per matrix",
      edit_tensors(add(f"{Q}.global_scale", torch.ones(512))),
-     rf"tensor '{Q}.global_scale': expected a float32 global scale of shape \[\] \(one per matrix\), found F32 \[512\]",
+     rf"tensor '{Q}.global_scale': expected a float32 global scale of shape \[\] \(one value\), found F32 \[512\]",
      "nvfp4"),
     ("global-scale-not-nvfp4", "a global scale on an mxfp4 module",
      edit_tensors(add(f"{Q}.global_scale", torch.tensor(1.0))),
      rf"tensor '{Q}.global_scale': is a global scale, which only nvfp4 has, not mxfp4", "mxfp4"),
+]
+
+
+# Values a dtype cannot hold, each on the fixture of its mode, loaded in the dtype named (`--dtype`).
+DTYPE_ROWS: list[tuple[str, str, Callable[[Path], None], str | None, str, torch.dtype]] = [
+    ("e8m0-float16-overflow", "an mxfp4 scale code 143 (2^16), loaded in float16",
+     edit_tensors(set_code(f"{Q}.scales", 143)),
+     rf"tensor '{Q}.scales': dequantizes to \d+ values that float16 cannot hold \(Inf or NaN\) among \d+: its "
+     r"scales are too large for that dtype\. float16 holds at most 65504: load it in bfloat16", "mxfp4", torch.float16),
+    ("e8m0-overflow", "an mxfp4 scale code 254 (2^127): its group's elements (4 or 6 at most) overflow even float32",
+     edit_tensors(set_code(f"{Q}.scales", 254)),
+     rf"tensor '{Q}.scales': dequantizes to \d+ values that bfloat16 cannot hold \(Inf or NaN\).* The checkpoint is "
+     "damaged", "mxfp4", torch.bfloat16),
+    ("affine-float16-overflow", "an affine scale of 10^4 (its group's top code makes 1.5 x 10^5), loaded in float16",
+     edit_tensors(poison(f"{Q}.scales", 1e4)),
+     rf"tensor '{Q}.scales': dequantizes to \d+ values that float16 cannot hold \(Inf or NaN\)", "q4g64", torch.float16),
 ]
 
 
@@ -383,8 +453,23 @@ def test_bad_input_of_a_mode_or_family(row, what, breaker, message, fixture, che
     assert str(info.value).count("\n") == 0
 
 
+@pytest.mark.parametrize(("row", "what", "breaker", "message", "fixture", "dtype"), DTYPE_ROWS,
+                         ids=[r[0] for r in DTYPE_ROWS])
+def test_bad_input_in_a_dtype(row, what, breaker, message, fixture, dtype, checkpoints, tmp_path) -> None:
+    path = tmp_path / "model"
+    shutil.copytree(checkpoints[fixture], path, ignore=shutil.ignore_patterns(".stamp"))
+    breaker(path)
+    ckpt = read_checkpoint(path)
+    with pytest.raises(MLXCheckpointError, match=message) as info:
+        for _ in iter_dense_weights(ckpt, "cpu", dtype):
+            pass
+    assert str(info.value).count("\n") == 0
+    if dtype == torch.float16:  # bfloat16 holds what float16 cannot
+        assert sum(1 for _ in iter_dense_weights(ckpt, "cpu", torch.bfloat16)) == len(ckpt.weights)
+
+
 def test_every_row_is_in_the_readme_table() -> None:
     readme = (REPO / "README.md").read_text()
     table = re.findall(r"^\| `([a-z0-9-]+)` \|", readme, flags=re.MULTILINE)
-    assert table == [r[0] for r in ROWS + MOE_ROWS + FP_ROWS + FAMILY_ROWS]
+    assert table == [r[0] for r in ROWS + MOE_ROWS + FP_ROWS + DTYPE_ROWS + FAMILY_ROWS]
     assert len(ROWS) >= 25

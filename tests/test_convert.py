@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import unstacked
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -45,19 +47,6 @@ def mlx_dequantized(checkpoints, tmp_path_factory) -> dict[str, Path]:
         subprocess.run([sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(checkpoints[variant]),
                         "--mlx-path", str(dst), "-d"], check=True, stdout=subprocess.DEVNULL)
         out[variant] = dst
-    return out
-
-
-def unstacked(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`mlx_lm.convert -d` keeps MLX's stacked experts (`mlp.switch_mlp.gate_proj.weight`, `[experts, out, in]`),
-    which transformers and vLLM do not read; ours writes the Hugging Face per-expert names. Compare entry by entry."""
-    out = {}
-    for name, tensor in tensors.items():
-        if ".switch_mlp." in name:
-            block, rest = name.split(".switch_mlp.")
-            out.update({f"{block}.experts.{e}.{rest}": t for e, t in enumerate(tensor)})
-        else:
-            out[name] = tensor
     return out
 
 
@@ -119,9 +108,10 @@ def test_restored_families_load_in_transformers_and_compute_mlx_float32_logits(
     import transformers
     from conftest import PROMPTS
 
-    from vllm_mlx_loader.format import read_checkpoint
+    from vllm_mlx_loader.format import is_unquantized_mlx_conversion, read_checkpoint
     from vllm_mlx_loader.mlx_reference import load_float32, logit_blocks
     from vllm_mlx_loader.reference import load_reference, reference_logit_blocks
+    from vllm_mlx_loader.weights import iter_dense_weights
 
     # float32 output: MLX's dequantized values exactly, so a router near-tie cannot pick other experts than MLX's
     # (BF16 output did once on gpt-oss: 0.93 at one row, from one fixture build to the next)
@@ -144,6 +134,18 @@ def test_restored_families_load_in_transformers_and_compute_mlx_float32_logits(
     theirs = tmp_path / "mlx-d"
     subprocess.run([sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(checkpoints[variant]),
                     "--mlx-path", str(theirs), "-d"], check=True, stdout=subprocess.DEVNULL)
+    # that output is an unquantized MLX conversion in MLX's layout: the loader reads it through the same inverses,
+    # and gets what it makes of the quantized checkpoint with mx.dequantize's rounding, bit for bit
+    assert is_unquantized_mlx_conversion(theirs, json.loads((theirs / "config.json").read_text()))
+    if variant == "deepseek_v3":  # mlx-lm 0.32.2's -d leaves embed_q / unembed_out packed, and drops the config entry
+        with pytest.raises(MLXCheckpointError, match=r"embed_q.scales': holds quantization scales, but config.json "
+                           r"has no 'quantization' entry"):
+            read_checkpoint(theirs)
+    else:
+        from_dequantized = dict(iter_dense_weights(read_checkpoint(theirs), "cpu"))
+        for name, tensor in iter_dense_weights(read_checkpoint(checkpoints[variant]), "cpu", rounding="mlx_cpu"):
+            assert torch.equal(from_dequantized.pop(name), tensor), name
+        assert not from_dequantized
     ours, mlx_d = read_all(dst), read_all(theirs)
     if variant == "deepseek_v3":
         assert any(".embed_q." in n for n in mlx_d) and not any(".kv_b_proj." in n for n in mlx_d)
@@ -173,6 +175,29 @@ def test_output_loads_in_stock_vllm(checkpoints, tmp_path, tokenizer) -> None:
     finally:
         shutdown(llm)
     assert out[0].outputs[0].text == mlx_answer(checkpoints["q4g128"], tokenizer, prompt, 3)[0]
+
+
+def test_copies_only_regular_files_inside_the_checkpoint_and_names_the_rest(checkpoints, tmp_path, caplog) -> None:
+    """A checkpoint from the internet may link a file of the user's (`~/.ssh/id_rsa`) into itself: the output, which
+    the user may publish, must not carry it. Links inside the checkpoint are followed (the Hugging Face cache is
+    made of them)."""
+    src = tmp_path / "src"
+    shutil.copytree(checkpoints["q4g64"], src, ignore=shutil.ignore_patterns(".stamp"))
+    secret = tmp_path / "id_rsa"
+    secret.write_text("-----BEGIN OPENSSH PRIVATE KEY-----")
+    os.symlink(secret, src / "notes.txt")
+    (src / "special_tokens_v2.json").write_text("{}")
+    os.symlink("special_tokens_v2.json", src / "special_tokens_map.json")
+    os.mkfifo(src / "pipe")
+    (src / "cache").mkdir()
+    dst = convert(src, tmp_path / "hf", progress=False)
+    assert not (dst / "notes.txt").exists() and not (dst / "pipe").exists() and not (dst / "cache").exists()
+    linked = dst / "special_tokens_map.json"
+    assert linked.read_text() == "{}" and not linked.is_symlink()
+    assert (dst / "tokenizer.json").is_file()
+    warnings = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"notes.txt: a link to {secret}, outside the checkpoint" in warnings
+    assert "pipe: not a regular file" in warnings and "cache: a directory" in warnings
 
 
 def test_refuses_to_overwrite_without_force(checkpoints, tmp_path, capsys) -> None:

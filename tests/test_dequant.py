@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 
@@ -233,3 +234,20 @@ def test_fuzzed_arguments_give_the_right_tensor_or_a_value_error() -> None:
         assert torch.equal(got, want) and (out is None or got.data_ptr() == out.data_ptr())
 
     check()
+
+
+@pytest.mark.parametrize(("rows", "groups"), [((0,), 2), ((3,), 0), ((2, 0), 2), ((0,), 0)])
+def test_an_empty_region_is_an_empty_tensor_on_every_path(rows, groups) -> None:
+    """A region of no rows or no columns (`narrow(dim, start, 0)`): an empty tensor, not a division by zero."""
+    words = groups * 64 * 4 // 32
+    w = torch.zeros(*rows, words, dtype=torch.int32)
+    s = torch.ones(*rows, groups, dtype=torch.bfloat16)
+    want = (*rows, groups * 64)
+    assert dequantize_affine(w, s, s, bits=4, group_size=64).shape == want
+    assert dequantize_affine(w, s, s, bits=4, group_size=64, out=torch.empty(want, dtype=torch.bfloat16)).shape == want
+    n = math.prod(rows)
+    flat = (w.reshape(n, words), s.reshape(n, groups), s.reshape(n, groups))
+    for path in (dequantize_blocks, dequantize_on_device, cpu_kernel.dequantize):
+        assert path(*flat, 4, 64, torch.bfloat16, "fused").shape == (n, groups * 64), path.__name__
+    codes = torch.zeros(*rows, groups * 2, dtype=torch.uint8)  # mxfp4: groups of 32
+    assert dequantize_fp(w, codes, mode="mxfp4").shape == want

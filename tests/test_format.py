@@ -207,3 +207,33 @@ def test_unsupported_architecture_is_named(checkpoints, tmp_path) -> None:
     edit_config(path, lambda c: c.update(architectures=["FalconForCausalLM"]))
     with pytest.raises(MLXCheckpointError, match=r"architecture 'FalconForCausalLM' has no MLX-to-vLLM mapping"):
         read_checkpoint(path)
+
+
+# google/gemma-3-4b-it's config.json as published (and as mlx-community's conversions keep it): the text config
+# leaves the head counts, head size and vocabulary to Gemma3TextConfig's defaults
+GEMMA3_4B = {
+    "architectures": ["Gemma3ForConditionalGeneration"], "boi_token_index": 255999, "eoi_token_index": 256000,
+    "eos_token_id": [1, 106], "image_token_index": 262144, "initializer_range": 0.02, "mm_tokens_per_image": 256,
+    "model_type": "gemma3",
+    "text_config": {"hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
+                    "num_hidden_layers": 34, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                    "sliding_window": 1024},
+    "torch_dtype": "bfloat16",
+    "vision_config": {"hidden_size": 1152, "image_size": 896, "intermediate_size": 4304,
+                      "model_type": "siglip_vision_model", "num_attention_heads": 16, "num_hidden_layers": 27,
+                      "patch_size": 14, "vision_use_head": False},
+    "quantization": {"group_size": 64, "bits": 4},
+}
+
+
+@pytest.mark.vllm
+def test_sizes_a_config_leaves_to_the_defaults_are_the_defaults() -> None:
+    """Gemma 3's published configs name no head counts or vocabulary: transformers' defaults apply, as they do in
+    vLLM, and the expected weights have the real model's shapes (the vision tower is never built)."""
+    from vllm_mlx_loader.architectures import adapter_for
+
+    expected = adapter_for(GEMMA3_4B, "config.json").expected_weights(GEMMA3_4B, "config.json")
+    assert expected["model.language_model.embed_tokens.weight"] == (262208, 2560)
+    assert expected["model.language_model.layers.33.self_attn.q_proj.weight"] == (8 * 256, 2560)
+    assert expected["model.language_model.layers.33.self_attn.k_proj.weight"] == (4 * 256, 2560)
+    assert "lm_head.weight" not in expected and not any("vision" in n for n in expected)  # tied; no tower

@@ -8,6 +8,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from torch import nn
 
 from vllm_mlx_loader.errors import MLXCheckpointError
@@ -128,9 +129,9 @@ def test_completeness_check_names_what_was_not_loaded() -> None:
 
 
 def test_every_private_api_the_plugin_uses_is_where_it_expects() -> None:
-    """vllm/compat.py holds the private vLLM APIs; a vLLM (or torch) release that moves one fails here."""
+    """vllm/compat.py holds the private vLLM APIs; a vLLM (or torch) release that moves one, or changes the
+    parameters of a method the plugin replaces, fails here."""
     import torch
-    from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size  # noqa: F401
     from vllm.model_executor.model_loader.weight_utils import _BAR_FORMAT
 
     import vllm_mlx_loader
@@ -140,7 +141,88 @@ def test_every_private_api_the_plugin_uses_is_where_it_expects() -> None:
     vllm_mlx_loader.register()
     assert compat.bar_format() == _BAR_FORMAT
     assert compat.registered_loader("mlx-4bit") is MLXModelLoader and compat.registered_loader("nope") is None
-    processor = compat.logprobs_processor()
-    assert all(callable(getattr(processor, m)) for m in compat.LOGPROBS_METHODS)
+    assert compat.signature_problems() == []
+    assert compat.is_create_model_config_wrapped()
+    assert isinstance(compat.vllm_version(), str) and compat.platform_device() == ("cpu", None)
     # torch: buffer reuse (buffers.py) and LazyDense's metadata answers (lazy_dense.py)
     assert callable(torch._C._storage_Use_Count) and torch._C.DisableTorchFunctionSubclass
+
+
+def test_a_replaced_method_whose_parameters_changed_is_refused(monkeypatch) -> None:
+    from vllm.v1.engine.logprobs import LogprobsProcessor
+
+    from vllm_mlx_loader.vllm import compat
+
+    def moved(self, tensors, extra):  # what a vLLM that reshaped the method would have
+        pass
+
+    monkeypatch.setattr(LogprobsProcessor, "_update_prompt_logprobs", moved)
+    assert compat.signature_problems() == [
+        f"vLLM {compat.vllm_version()}: LogprobsProcessor._update_prompt_logprobs takes ('self', 'tensors', 'extra'), "
+        "not ('self', 'prompt_logprobs_tensors')"
+    ]
+    refused = pytest.raises(RuntimeError, match=r"_update_prompt_logprobs takes .* needs updating for this vLLM")
+    with refused, compat.logprob_tensors_to(lambda *a: None):
+        pass
+
+
+def test_no_module_outside_the_vllm_package_imports_vllm() -> None:
+    """`vllm_mlx_loader/vllm/` is the one package that imports vLLM (the report included)."""
+    import ast
+
+    package = REPO / "vllm_mlx_loader"
+    importers = []
+    for path in package.rglob("*.py"):
+        if path.parent.name == "vllm":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            if any(n == "vllm" or n.startswith("vllm.") for n in names):
+                importers.append(path.relative_to(package).as_posix())
+    assert importers == []
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo"])
+def test_hook_refuses_an_endless_or_blocking_config_at_once(checkpoints, tmp_path, kind) -> None:
+    """config.json linked to /dev/zero (which grew a server to 16.8 GB) or made a FIFO (which hung it): refused
+    with the loader's message under --load-format mlx; left to vLLM under auto (not ours to report)."""
+    import os
+    import shutil
+
+    from conftest import deadline
+    from vllm.engine.arg_utils import EngineArgs
+
+    from vllm_mlx_loader.vllm.engine_hook import prepare_engine_args
+
+    path = tmp_path / "model"
+    shutil.copytree(checkpoints["q4g64"], path, ignore=shutil.ignore_patterns(".stamp"))
+    (path / "config.json").unlink()
+    if kind == "fifo":
+        os.mkfifo(path / "config.json")
+    else:
+        os.symlink("/dev/zero", path / "config.json")
+    message = "is not a regular file" if kind == "fifo" else "is a link to /dev/zero, outside the checkpoint"
+    with deadline(60):
+        with pytest.raises(MLXCheckpointError, match=message):
+            prepare_engine_args(EngineArgs(model=str(path), load_format="mlx"))
+        auto = EngineArgs(model=str(path))
+        prepare_engine_args(auto)
+    assert auto.load_format == "auto"
+
+
+def test_auto_load_format_picks_the_mlx_loader_for_an_unquantized_restacked_conversion(checkpoints, bf16_source,
+                                                                                        tmp_path) -> None:
+    """`mlx_lm.convert -d` (or without -q) of Qwen3-MoE stores MLX's expert stacks, which vLLM's default loader
+    cannot read: `auto` gives it to this loader. A Hugging Face BF16 checkpoint stays vLLM's."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    from vllm_mlx_loader.vllm.engine_hook import prepare_engine_args
+
+    dst = tmp_path / "bf16"
+    subprocess.run([sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(checkpoints["qwen3_moe"]),
+                    "--mlx-path", str(dst), "-d"], check=True, stdout=subprocess.DEVNULL)
+    for model, want in ((dst, "mlx-4bit"), (bf16_source, "auto")):
+        args = EngineArgs(model=str(model))
+        prepare_engine_args(args)
+        assert args.load_format == want, model

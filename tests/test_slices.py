@@ -32,7 +32,7 @@ def test_each_rank_gets_its_half_and_reads_half(variant, dim, checkpoints) -> No
     read, made = [], []
     for rank in (0, 1):
         stats = LoadStats()
-        for name, lazy in iter_dense_weights(ckpt, "cpu", stats=stats, sliced=True):
+        for name, lazy in iter_dense_weights(ckpt, "cpu", stats=stats, lazy=True):
             assert isinstance(lazy, LazyDense) and lazy.shape == whole[name].shape
             d = dim if lazy.dim() > dim else 0
             size = lazy.shape[d] // 2
@@ -50,7 +50,7 @@ def test_columns_off_the_group_grid_fall_back_to_whole_groups(checkpoints) -> No
     name = "model.layers.0.mlp.down_proj.weight"  # [256, 512]
     whole = dense(ckpt)[name]
     stats = LoadStats()
-    lazy = dict(iter_dense_weights(ckpt, "cpu", stats=stats, sliced=True))[name]
+    lazy = dict(iter_dense_weights(ckpt, "cpu", stats=stats, lazy=True))[name]
     assert torch.equal(copy_of(lazy.narrow(1, 100, 200)), whole[:, 100:300])
     assert stats.bytes_dequantized == whole.numel() * 2  # every group of the rows, then the columns
     assert torch.equal(copy_of(lazy.narrow(1, 128, 256).narrow(0, 10, 20)), whole[10:30, 128:384])
@@ -79,6 +79,50 @@ def test_lazy_dense_answers_metadata_without_reading_and_refuses_bad_narrows() -
 
 def test_a_weight_made_after_the_stream_ended_reopens_its_shard(checkpoints) -> None:
     ckpt = read_checkpoint(checkpoints["q4g64"])
-    kept = dict(iter_dense_weights(ckpt, "cpu", sliced=True))  # the generator has closed its shards
+    kept = dict(iter_dense_weights(ckpt, "cpu", lazy=True))  # the generator has closed its shards
     name = "model.layers.1.self_attn.o_proj.weight"
     assert torch.equal(copy_of(kept[name]), dense(ckpt)[name])
+
+
+@pytest.mark.parametrize("variant", ["q4g64", "mxfp4", "qwen3_moe", "qwen3_next", "deepseek_v3", "gpt_oss"])
+def test_every_weight_is_lazy_and_a_weight_never_used_is_never_made(variant, checkpoints) -> None:
+    """What a pipeline stage does: it takes the weights of its own layers and skips the rest. Every weight,
+    restored ones (norms, `kv_b_proj`, gpt-oss's stacks) included, is a `LazyDense`; only the ones used are read,
+    and they equal the eager stream's."""
+    ckpt = read_checkpoint(checkpoints[variant])
+    whole = dense(ckpt)
+    stats = LoadStats()
+    used = {w.name: w for w in ckpt.weights if w.name.startswith("model.layers.0.")}
+    for name, lazy in iter_dense_weights(ckpt, "cpu", stats=stats, lazy=True):
+        assert isinstance(lazy, LazyDense), name
+        if name in used:
+            assert torch.equal(copy_of(lazy), whole[name]), name
+    # exactly the stored bytes of layer 0's weights: each expert's slice of a stack, each part of a split tensor
+    want = sum(part.nbytes // (part.shape[0] if x.index is not None else 1)
+               for w in used.values() for x in (w, *w.others) for part in getattr(x.source, "parts", (x.source,)))
+    assert stats.bytes_read == want and 0 < want < ckpt.nbytes / 2
+
+
+@pytest.mark.parametrize("variant", ["q4g64", "mxfp4", "qwen3_moe", "qwen3_next"])
+def test_a_region_of_no_rows_or_columns_reads_nothing(variant, checkpoints) -> None:
+    ckpt = read_checkpoint(checkpoints[variant])
+    stats = LoadStats()
+    for name, lazy in iter_dense_weights(ckpt, "cpu", stats=stats, lazy=True):
+        for dim in range(lazy.dim()):
+            empty = copy_of(lazy.narrow(dim, lazy.shape[dim] // 2, 0))
+            assert empty.shape == (*lazy.shape[:dim], 0, *lazy.shape[dim + 1:]) and empty.dtype == lazy.dtype, name
+    assert stats.bytes_read == 0 and stats.bytes_dequantized == 0
+
+
+def test_an_in_place_op_on_a_lazy_weight_raises() -> None:
+    """An in-place op would change a temporary made for it, silently lost: it raises instead."""
+    full = torch.arange(24.0).reshape(4, 6)
+    lazy = LazyDense(lambda r: full[tuple(slice(a, b) for a, b in r)].clone(), (4, 6), torch.float32,
+                     torch.device("cpu"))
+    for change in (lambda t: t.add_(1), lambda t: t.narrow(0, 1, 2).mul_(2), lambda t: t.__setitem__(0, 1.0),
+                   lambda t: torch.add(full, 1, out=t), lambda t: t.copy_(full), lambda t: t.zero_()):
+        with pytest.raises(RuntimeError, match="would write into a weight that is made on demand"):
+            change(lazy)
+    target = torch.empty(4, 6)
+    target.copy_(lazy)  # copying *from* it is what weight loaders do
+    assert torch.equal(target, full)

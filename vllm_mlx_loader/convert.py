@@ -5,8 +5,9 @@
 Uses the loader's own reading, checks and dequantization, streaming one tensor at a time into the
 output shards (--max-shard-size, 5 GB by default): host memory holds a few tensors, never a whole shard. Writes
 `model-0000K-of-0000N.safetensors` shards, a `model.safetensors.index.json`, `config.json` without the
-`quantization` and `quantization_config` keys, and copies every other file (tokenizer, chat template,
-generation config). Atomic: everything goes to a temporary directory beside DST, which is renamed into
+`quantization` and `quantization_config` keys, and copies every other regular file of SRC (tokenizer, chat
+template, generation config); a link that leads out of SRC, a directory or a special file is not copied, and a
+warning names it. Atomic: everything goes to a temporary directory beside DST, which is renamed into
 place only when complete and re-read; on any failure (Ctrl-C included) nothing is left behind. SRC is only
 read. DST is not overwritten without --force.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import shutil
@@ -30,10 +32,12 @@ from tqdm.auto import tqdm
 
 from .dequant import ROUNDINGS
 from .errors import MLXCheckpointError
+from .files import copyable_files
 from .format import MLXCheckpoint, read_checkpoint, read_headers
 from .shard_writer import SAFETENSORS_DTYPES, ShardWriter
 from .weights import iter_dense_weights
 
+logger = logging.getLogger("vllm.mlx_loader")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 INDEX = "model.safetensors.index.json"
 WEIGHT_FILES = (INDEX, "config.json")  # rewritten, not copied
@@ -109,9 +113,11 @@ def convert(
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
         (tmp / "config.json").write_text(json.dumps(hf_config(ckpt.config, dtype), indent=2) + "\n")
-        for path in sorted(src.iterdir()):
-            if path.is_file() and path.suffix != ".safetensors" and path.name not in WEIGHT_FILES:
-                shutil.copy2(path, tmp / path.name)
+        copy, skipped = copyable_files(src, {p.name for p in src.glob("*.safetensors")} | set(WEIGHT_FILES))
+        for path in copy:
+            shutil.copy2(path, tmp / path.name)
+        for reason in skipped:  # a link out of the checkpoint could carry any file into an output meant to be shared
+            logger.warning("%s: not copied: %s", src, reason)
         verify(tmp, ckpt, weight_map, torch_dtype)
         _publish(tmp, dst)
     except BaseException:

@@ -68,6 +68,8 @@ def dequantize(
     _check(w, s, b, bits, group_size, dtype, rounding, out)
     out = empty_advised((rows, s.shape[1] * group_size), dtype) if out is None else out
     nbytes = out.numel() * out.element_size()
+    if nbytes == 0:  # no rows or no groups: nothing to split into threads
+        return out
     args = (w.shape[1] * 4, bits, group_size, _KINDS[s.dtype], _KINDS[dtype], int(_two_roundings(rounding, s.dtype)))
 
     def run(first: int, last: int) -> None:

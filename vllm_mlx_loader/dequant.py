@@ -11,6 +11,7 @@ crosses a 32-bit word; for 3/5/6 bits codes straddle bytes and words, so they ar
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -92,10 +93,14 @@ def dequantize_affine(
     into. Inconsistent arguments raise `ValueError` before any memory is touched.
     """
     check_affine_args(weight, scales, biases, bits, group_size, dtype, rounding, out)
-    w = weight.reshape(-1, weight.shape[-1]).view(torch.int32)  # uint32 as stored: the same bits, int32 ops
-    s, b = scales.reshape(-1, scales.shape[-1]), biases.reshape(-1, biases.shape[-1])
-    flat_out = None if out is None else out.view(w.shape[0], -1)
-    if weight.device.type != "cpu":
+    rows = math.prod(weight.shape[:-1])  # not -1: a region may have no columns
+    w = weight.reshape(rows, weight.shape[-1]).view(torch.int32)  # uint32 as stored: the same bits, int32 ops
+    s, b = scales.reshape(rows, scales.shape[-1]), biases.reshape(rows, biases.shape[-1])
+    flat_out = None if out is None else out.view(rows, s.shape[-1] * group_size)
+    if w.shape[0] == 0 or s.shape[-1] == 0:  # an empty region: nothing to compute (every path divides by its size)
+        dense = torch.empty(w.shape[0], s.shape[-1] * group_size, dtype=dtype, device=w.device)
+        dense = dense if flat_out is None else flat_out
+    elif weight.device.type != "cpu":
         dense = dequantize_on_device(w, s, b, bits, group_size, dtype, rounding, flat_out)
     elif cpu_kernel.supports(s.dtype, b.dtype, dtype, group_size, rounding):
         dense = cpu_kernel.dequantize(w, s, b, bits, group_size, dtype, rounding, flat_out)
@@ -177,6 +182,8 @@ def _in_row_blocks(
     compute = torch.float32 if rounding == "fused" else s.dtype
     in_features = s.shape[-1] * group_size
     out = torch.empty(w.shape[0], in_features, dtype=dtype, device=w.device) if out is None else out
+    if out.numel() == 0:
+        return out
     step = min(w.shape[0], max(1, block_bytes // (in_features * 4)))
     codes_buf = torch.empty(step, in_features, dtype=compute, device=w.device)
     # CPU only: torch_npu runs `>>`, not the bitwise_right_shift(out=) that saves a temporary per code position

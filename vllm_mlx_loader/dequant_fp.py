@@ -11,20 +11,24 @@ table of 256 values (E4M3) or pairs (E2M1, E2M1), the scales in a table of 256 s
 dtype, no uint32 arithmetic, only ops torch_npu runs. Bit-exact with `mx.dequantize` (mlx 0.32.4): the scale is rounded
 to the output dtype first, then multiplied in float32 and rounded once (all products are exact in BF16 and
 float32; in float16 MLX's rounding of the scale matters). With a global scale, MLX computes
-`element * (scale * (global_scale / 2688))` in float32 and returns float32; here that is rounded once to `dtype`.
+`element * (scale * (global_scale / 2688))` in float32 and returns float32; here that is rounded once to `dtype`
+(a stack with one global scale per matrix: each matrix's own, as `mx.dequantize` of that matrix computes it).
 Encodings MLX decodes to NaN or Inf (E8M0 255, E4M3 0x7F/0xFF in scales or mxfp8 codes) are refused.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .dequant import DEVICE_BLOCK_BYTES, FLOAT_DTYPES
-from .stored import MODE_DEFAULTS
+from .stored import MODE_DEFAULTS, describe_global_scale_shapes, global_scale_shapes
 
 FP_MODES = {mode: pair for mode, pair in MODE_DEFAULTS.items() if mode != "affine"}  # (group_size, bits)
 _E2M1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0]
 NVFP4_GLOBAL_DIVISOR = 448.0 * 6.0  # E4M3's and E2M1's largest values
+LARGEST_ELEMENT = {"mxfp4": 6.0, "nvfp4": 6.0, "mxfp8": 448.0}  # E2M1's, E4M3's (0x7E; 0x7F is refused)
 
 
 def e4m3_values() -> list[float]:
@@ -96,8 +100,11 @@ def check_fp_args(
     if global_scale is not None:
         if mode != "nvfp4":
             fail(f"only nvfp4 has a global scale, not {mode}")
-        if global_scale.dtype != torch.float32 or global_scale.numel() != 1:
-            fail(f"global_scale must be one float32 value, got {global_scale.dtype} {list(global_scale.shape)}")
+        if global_scale.dtype != torch.float32 or tuple(global_scale.shape) not in global_scale_shapes(scales.shape):
+            fail(f"global_scale must be float32 of shape {describe_global_scale_shapes(tuple(scales.shape))}, got "
+                 f"{global_scale.dtype} {list(global_scale.shape)}")
+        if global_scale.device != weight.device:
+            fail(f"global_scale is on {global_scale.device}, weight on {weight.device}")
     if out is not None:
         want = (*weight.shape[:-1], scales.shape[-1] * group_size)
         if tuple(out.shape) != want or out.dtype != dtype or out.device != weight.device or not out.is_contiguous():
@@ -114,21 +121,29 @@ def dequantize_fp(
     out: torch.Tensor | None = None,
     block_bytes: int = DEVICE_BLOCK_BYTES,
 ) -> torch.Tensor:
-    """Dequantize packed `weight` codes with their U8 `scales` (and nvfp4's optional `global_scale`, one float32
-    value) into `dtype`, in row blocks whose float32 temporary stays under `block_bytes`. Codes and scales that
-    MLX decodes to NaN or Inf are not checked here (`non_finite_codes` finds them)."""
+    """Dequantize packed `weight` codes with their U8 `scales` (and nvfp4's optional float32 `global_scale`: one
+    value, or one per matrix of a stack) into `dtype`, in row blocks whose float32 temporary stays under
+    `block_bytes`. Codes and scales that MLX decodes to NaN or Inf are not checked here (`non_finite_codes`
+    finds them)."""
     check_fp_args(weight, scales, mode, dtype, global_scale, out)
     group_size, bits = FP_MODES[mode]
-    w = weight.reshape(-1, weight.shape[-1]).view(torch.int32)
-    s = scales.reshape(-1, scales.shape[-1])
+    rows = math.prod(weight.shape[:-1])  # not -1: a region may have no columns
+    w = weight.reshape(rows, weight.shape[-1]).view(torch.int32)
+    s = scales.reshape(rows, scales.shape[-1])
     in_features = s.shape[-1] * group_size
-    rows = w.shape[0]
-    dense = torch.empty(rows, in_features, dtype=dtype, device=w.device) if out is None else out.view(rows, -1)
+    dense = torch.empty(rows, in_features, dtype=dtype, device=w.device) if out is None else out.view(rows, in_features)
+    if dense.numel() == 0:
+        return dense.reshape(*weight.shape[:-1], in_features)
     per_byte = 8 // bits
     elements = byte_table(mode, w.device)
     table = scale_table(mode, dtype if global_scale is None else torch.float32, w.device)
+    row_factor = None  # a global scale per matrix: each row's, applied to its scales as MLX applies it
     if global_scale is not None:
-        table = table * (global_scale.reshape(()).to(w.device) / NVFP4_GLOBAL_DIVISOR)
+        factor = global_scale.reshape(-1) / NVFP4_GLOBAL_DIVISOR
+        if factor.numel() == 1:
+            table = table * factor.reshape(())
+        else:
+            row_factor = factor.repeat_interleave(weight.shape[-2])
     step = min(rows, max(1, block_bytes // (in_features * 4)))
     # one set of block buffers, reused (on the CPU fresh memory costs a page fault per 4 KiB)
     codes_buf = torch.empty(step * in_features // per_byte, dtype=torch.int32, device=w.device)
@@ -144,7 +159,10 @@ def dequantize_fp(
         values = values_buf[: n * in_features].view(-1, per_byte)
         torch.index_select(elements, 0, codes, out=values)
         values = values.view(n, -1, group_size)
-        values.mul_(torch.index_select(table, 0, s[block].reshape(-1).to(torch.int32)).view(n, -1, 1))
+        block_scales = torch.index_select(table, 0, s[block].reshape(-1).to(torch.int32)).view(n, -1)
+        if row_factor is not None:
+            block_scales.mul_(row_factor[block].view(n, 1))
+        values.mul_(block_scales.view(n, -1, 1))
         dense[block] = values.view(n, in_features)
     return dense.reshape(*weight.shape[:-1], in_features)
 

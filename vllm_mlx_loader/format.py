@@ -8,7 +8,6 @@ and the model's sizes before any tensor is read. docs/format.md describes the fo
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +17,20 @@ from safetensors import safe_open
 
 from .architectures import Weight, adapter_for
 from .errors import MLXCheckpointError
-from .stored import MODE_DEFAULTS, Entry, QuantizedModule, QuantParams, TensorRef
+from .files import MAX_INDEX_BYTES, check_inside, read_config, read_json
+from .stored import (
+    MODE_DEFAULTS,
+    Entry,
+    QuantizedModule,
+    QuantParams,
+    TensorRef,
+    describe_global_scale_shapes,
+    global_scale_shapes,
+)
 
-__all__ = ["Entry", "MLXCheckpoint", "QuantParams", "QuantizedModule", "TensorRef", "Weight", "read_checkpoint"]
+__all__ = [
+    "Entry", "MLXCheckpoint", "QuantParams", "QuantizedModule", "TensorRef", "Weight", "read_checkpoint", "read_config",
+]
 
 logger = logging.getLogger("vllm.mlx_loader")  # vLLM's logging configuration covers it; no vLLM import here
 
@@ -30,6 +40,7 @@ FLOAT_DTYPES = ("BF16", "F16", "F32")
 _GLOBAL_KEYS = ("group_size", "bits", "mode")
 PARTS = ("scales", "biases", "global_scale")  # what sits beside a quantized module's packed weight
 SHARD_GLOB = "model*.safetensors"  # mlx-lm's own: `adapters.safetensors` (LoRA) and others are not weights
+INDEX = "model.safetensors.index.json"
 
 
 @dataclass(frozen=True)
@@ -50,24 +61,9 @@ class MLXCheckpoint:
         return tuple(e for e in self.entries if isinstance(e, QuantizedModule))
 
 
-def read_config(directory: Path) -> dict[str, Any]:
-    path = directory / "config.json"
-    if not directory.is_dir():
-        raise MLXCheckpointError(str(directory), "is not a directory.", "Pass the MLX checkpoint's directory.")
-    if not path.exists():
-        raise MLXCheckpointError(str(directory), "has no config.json.", "Pass the MLX checkpoint's directory.")
-    check_inside(path, directory)
-    try:
-        config = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MLXCheckpointError(str(path), f"is not valid JSON ({e}).") from None
-    if not isinstance(config, dict):
-        raise MLXCheckpointError(str(path), f"must hold a JSON object, found {type(config).__name__}.")
-    return config
-
-
-def quantization_config(config: dict[str, Any], where: str) -> dict[str, Any]:
-    """The MLX quantization dict of a config.json, or an error saying why this is no MLX checkpoint."""
+def quantization_config(config: dict[str, Any], where: str, written_by_mlx: bool = False) -> dict[str, Any]:
+    """The MLX quantization dict of a config.json, or an error saying why this is no MLX checkpoint. An
+    unquantized conversion (`written_by_mlx`: its shards say so, and config.json has no quantization) gets {}."""
     hf = config.get("quantization_config")
     if isinstance(hf, dict) and hf.get("quant_method"):
         raise MLXCheckpointError(
@@ -84,6 +80,8 @@ def quantization_config(config: dict[str, Any], where: str) -> dict[str, Any]:
             "'quantization' entry, which is what mlx-lm writes and reads.",
             "If mlx_lm.convert made it, copy its quantization_config to a 'quantization' entry.",
         )
+    if quant is None and written_by_mlx:
+        return {}
     if not isinstance(quant, dict):
         raise MLXCheckpointError(
             where,
@@ -96,6 +94,28 @@ def quantization_config(config: dict[str, Any], where: str) -> dict[str, Any]:
 def is_mlx_config(config: dict[str, Any]) -> bool:
     """mlx-lm's rule: a checkpoint is MLX-quantized when config.json has a `quantization` entry."""
     return isinstance(config.get("quantization"), dict)
+
+
+def is_unquantized_mlx_conversion(directory: Path, config: dict[str, Any]) -> bool:
+    """An MLX conversion without quantization (`mlx_lm.convert` without `-q`, or with `-d`): config.json has no
+    quantization entries and every shard says `"format": "mlx"`, as MLX's safetensors writer marks them."""
+    if "quantization" in config or "quantization_config" in config:
+        return False
+    try:
+        return written_by_mlx(list_shards(directory))
+    except MLXCheckpointError:
+        return False
+
+
+def written_by_mlx(shards: tuple[Path, ...]) -> bool:
+    try:
+        for shard in shards:
+            with safe_open(shard, framework="pt") as f:
+                if (f.metadata() or {}).get("format") != "mlx":
+                    return False
+    except Exception:  # a damaged header: read_headers names it, if it gets that far
+        return False
+    return True
 
 
 def module_params(quant: dict[str, Any], path: str, where: str) -> QuantParams | None:
@@ -119,11 +139,12 @@ def module_params(quant: dict[str, Any], path: str, where: str) -> QuantParams |
     default_gs, default_bits = MODE_DEFAULTS[mode]
     bits = default_bits if spec.get("bits") is None else spec["bits"]
     group_size = default_gs if spec.get("group_size") is None else spec["group_size"]
+    # `type(...) is int`: 32.0 == 32 (and True == 1) would pass a set membership test, then fail in slicing
     if mode != "affine":  # each float mode has exactly one (group_size, bits)
-        if (group_size, bits) != (default_gs, default_bits):
+        if type(group_size) is not int or type(bits) is not int or (group_size, bits) != (default_gs, default_bits):
             raise MLXCheckpointError(
                 where, f"{source} has group_size={group_size!r}, bits={bits!r}; MLX's {mode} has only "
-                f"group_size={default_gs}, bits={default_bits}.",
+                f"group_size={default_gs}, bits={default_bits} (integers).",
             )
         return QuantParams(mode, bits, group_size)
     if type(bits) is not int or bits not in AFFINE_BITS:
@@ -131,22 +152,6 @@ def module_params(quant: dict[str, Any], path: str, where: str) -> QuantParams |
     if type(group_size) is not int or group_size not in GROUP_SIZES:
         raise MLXCheckpointError(where, f"{source} has group_size={group_size!r}; MLX group sizes are {GROUP_SIZES}.")
     return QuantParams(mode, bits, group_size)
-
-
-def check_inside(path: Path, directory: Path) -> None:
-    """Refuse a file that resolves outside the checkpoint: a symlink may point into the directory, or, in the
-    Hugging Face cache layout (`<repo>/snapshots/<rev>/file -> ../../blobs/<sha>`), into the repo's blobs."""
-    target, root = path.resolve(), directory.resolve()
-    allowed = [root]
-    if root.parent.name == "snapshots":
-        allowed.append(root.parent.parent / "blobs")
-    if not any(target.is_relative_to(a) for a in allowed):
-        raise MLXCheckpointError(
-            str(path), f"is a link to {target}, outside the checkpoint directory.",
-            "Copy the file into the directory: the loader reads nothing outside it.",
-        )
-    if not target.is_file():
-        raise MLXCheckpointError(str(path), "is not a regular file (a broken link or a directory).")
 
 
 def list_shards(directory: Path) -> tuple[Path, ...]:
@@ -197,13 +202,18 @@ def read_checkpoint(directory: str | Path) -> MLXCheckpoint:
     directory = Path(directory)
     config = read_config(directory)
     config_where = str(directory / "config.json")
-    quant = quantization_config(config, config_where)
+    quant = quantization_config(config, config_where, is_unquantized_mlx_conversion(directory, config))
     adapter = adapter_for(config, config_where)
     expected = adapter.expected_weights(config, config_where)
     shards = list_shards(directory)
     tensors = read_headers(shards)
 
     prefixes = {n[: -len(".scales")] for n in tensors if n.endswith(".scales")}
+    if prefixes and "quantization" not in config:  # an unquantized conversion has nothing quantized
+        raise MLXCheckpointError(
+            tensors[f"{min(prefixes)}.scales"].where(), "holds quantization scales, but config.json has no "
+            "'quantization' entry.", "The config and the tensors disagree: re-convert the checkpoint.",
+        )
     entries: list[Entry] = []
     for name, ref in tensors.items():
         prefix, _, leaf = name.rpartition(".")
@@ -242,13 +252,20 @@ def read_checkpoint(directory: str | Path) -> MLXCheckpoint:
 
 
 def _missing_shard_hint(directory: Path) -> str:
-    """Name the shards the index expects but the directory lacks (the index is only read for this hint)."""
-    try:
-        weight_map = json.loads((directory / "model.safetensors.index.json").read_text())["weight_map"]
-        absent = sorted({f for f in weight_map.values() if not (directory / Path(f).name).is_file()})
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    """Name the shards the index expects but the directory lacks (the index is only read for this hint, checked and
+    capped as config.json is; its names are only compared with the directory's, never opened)."""
+    path = directory / INDEX
+    if not path.exists():
         return ""
-    return f"model.safetensors.index.json names {', '.join(absent)}, not in the directory. " if absent else ""
+    try:
+        weight_map = read_json(path, directory, MAX_INDEX_BYTES).get("weight_map")
+    except MLXCheckpointError:
+        return ""
+    if not isinstance(weight_map, dict):
+        return ""
+    present = {p.name for p in directory.glob(SHARD_GLOB)}
+    absent = sorted({Path(f).name for f in weight_map.values() if isinstance(f, str)} - present)
+    return f"{INDEX} names {', '.join(absent)}, not in the directory. " if absent else ""
 
 
 def _plain(ref: TensorRef) -> TensorRef:
@@ -377,10 +394,9 @@ def _check_fp_parts(
                 "The checkpoint is incomplete: re-download or re-convert it.",
             )
         return
-    leading = scales.shape[:-2]  # one value per expert of a stack, or one for a plain module
-    if global_scale.dtype != "F32" or global_scale.shape not in (leading, (*leading, 1)):
+    if global_scale.dtype != "F32" or global_scale.shape not in global_scale_shapes(scales.shape):
         raise MLXCheckpointError(
             global_scale.where(),
-            f"expected a float32 global scale of shape {list(leading)} (one per matrix), "
+            f"expected a float32 global scale of shape {describe_global_scale_shapes(scales.shape)}, "
             f"found {global_scale.dtype} {list(global_scale.shape)}.",
         )

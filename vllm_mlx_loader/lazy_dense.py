@@ -3,9 +3,11 @@
 vLLM's weight loaders narrow each checkpoint tensor to their tensor-parallel rank's part and copy that into
 the parameter (`param.data.copy_(loaded_weight.narrow(dim, rank * size, size))`), whatever the layout:
 column-parallel rows, row-parallel input columns, vocab-parallel rows, one expert's shard. A `LazyDense`
-records each `narrow` without reading anything; any other use (`copy_`, `to`, `t`, indexing, ...) makes the
-region it covers through its `make` function and runs the op on the real tensor. So vLLM keeps deciding the
-slices, and each rank reads and dequantizes only its own, falling back to more where an op needs it.
+records each `narrow` without reading anything; any other use (`copy_` from it, `to`, `t`, indexing, ...) makes
+the region it covers through its `make` function and runs the op on the real tensor. An op that would change it
+in place (`add_`, `x[i] = ...`, `out=`) raises: it would change a temporary copy, silently lost. So vLLM keeps
+deciding the slices, and each rank reads and dequantizes only its own, falling back to more where an op needs it;
+a weight it never touches (another pipeline stage's) is never made.
 """
 
 from __future__ import annotations
@@ -26,6 +28,22 @@ _METADATA = {
     torch.Tensor.itemsize.__get__, torch.Tensor.nbytes.__get__, torch.Tensor.requires_grad.__get__,
     torch.Tensor.is_sparse.__get__, torch.Tensor.layout.__get__,
 }
+
+
+_IN_PLACE_DUNDERS = {
+    "__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__imod__", "__ipow__",
+    "__imatmul__", "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__",
+}
+
+
+def _writes_into_lazy(func: Any, args: tuple, kwargs: dict) -> bool:
+    """Whether `func` would change a `LazyDense` in place (`add_`, `copy_` into it, `x[i] = ...`, `out=`)."""
+    if isinstance(kwargs.get("out"), LazyDense):
+        return True
+    if not args or not isinstance(args[0], LazyDense):
+        return False
+    name = getattr(func, "__name__", "")
+    return name in _IN_PLACE_DUNDERS or (name.endswith("_") and not name.endswith("__") and name != "requires_grad_")
 
 
 class LazyDense(torch.Tensor):
@@ -78,6 +96,12 @@ class LazyDense(torch.Tensor):
                 return func(*args, **kwargs)
         if func == torch.Tensor.device.__get__:
             return args[0]._target
+        if _writes_into_lazy(func, args, kwargs):
+            name = getattr(func, "__name__", repr(func))
+            raise RuntimeError(
+                f"LazyDense: `{name}` would write into a weight that is made on demand, i.e. into a temporary "
+                "copy that is then lost; make it first (`.clone()`) and change the copy."
+            )
         args, kwargs = tree_map(lambda a: a.materialize() if isinstance(a, LazyDense) else a, (args, kwargs))
         return func(*args, **kwargs)
 

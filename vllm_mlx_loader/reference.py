@@ -47,9 +47,11 @@ def check_reference_can_load(ckpt: MLXCheckpoint) -> None:
     MoE experts into 3-D parameters)."""
     import transformers
 
+    from .architectures import adapter_for
     from .architectures.meta_model import model_shapes
 
-    params = model_shapes(ckpt.config, str(ckpt.directory / "config.json"))
+    where = str(ckpt.directory / "config.json")
+    params = model_shapes(ckpt.config, where, text_only=adapter_for(ckpt.config, where).text_only)
     unplaced = sorted(w.name for w in ckpt.weights if w.name not in params)
     if unplaced:
         raise MLXCheckpointError(
@@ -60,36 +62,27 @@ def check_reference_can_load(ckpt: MLXCheckpoint) -> None:
         )
 
 
-def _no_init_weights():
-    try:
-        from transformers.initialization import no_init_weights  # transformers 5
-    except ImportError:
-        from transformers.modeling_utils import no_init_weights  # transformers 4.x
-    return no_init_weights()
-
-
 def load_reference(ckpt: MLXCheckpoint) -> nn.Module:
-    """Build the architecture's transformers model in float32 and fill it with dequantized weights (a vision
-    tower mlx-lm dropped stays as initialised: text-only logits do not use it)."""
-    import transformers
-
+    """Build the architecture's transformers model in float32 and fill it with dequantized weights (for a
+    vision-language model whose checkpoint holds the language model alone, that language model: text-only
+    logits need nothing else)."""
     from .architectures import adapter_for
+    from .architectures.meta_model import build_model, language_model_name
 
-    fields = {k: v for k, v in ckpt.config.items() if k not in ("quantization", "quantization_config")}
-    config = transformers.AutoConfig.for_model(fields.pop("model_type"), **fields)
-    with _no_init_weights():
-        model = getattr(transformers, ckpt.architecture)(config)
-    model.float().eval()
     where = str(ckpt.directory / "config.json")
-    expected = adapter_for(ckpt.config, where).expected_weights(ckpt.config, where)
-    params = dict(model.named_parameters())
+    adapter = adapter_for(ckpt.config, where)
+    model = build_model(ckpt.config, where, text_only=adapter.text_only, device="cpu")
+    model.float().eval()
+    expected = adapter.expected_weights(ckpt.config, where)
+    rename = language_model_name if adapter.text_only else str
+    params = {rename(name): p for name, p in model.named_parameters()}
     written = set()
     # one dense tensor at a time: peak memory is the model plus one weight
     for name, tensor in iter_dense_weights(ckpt, "cpu", torch.float32):
         with torch.no_grad():
             params[name].copy_(tensor)
         written.add(name)
-    if ckpt.config.get("tie_word_embeddings"):
+    if model.config.tie_word_embeddings:
         model.tie_weights()
         written.add("lm_head.weight")
     missing = sorted((set(params) & set(expected)) - written)

@@ -20,12 +20,16 @@ SUMMARY_KEYS = ("positions", "max_abs_diff", "mean_abs_diff", "rmse", "min_cosin
                 "top1_agreement", "hard_flips", "mean_kl", "max_kl", "max_dlogprob")
 
 
-def versions() -> dict[str, str | None]:
+def environment(vllm_version: str, device_type: str, device_name: str | None) -> dict[str, Any]:
+    """The report's `device` and `versions`, from what the vLLM side (`vllm/compat.py`) says of the platform."""
+    return {"device": device_info(device_type, device_name), "versions": versions(vllm_version)}
+
+
+def versions(vllm_version: str) -> dict[str, str | None]:
     import transformers
-    import vllm
 
     found: dict[str, str | None] = {
-        "vllm_mlx_loader": __version__, "vllm": vllm.__version__, "torch": torch.__version__,
+        "vllm_mlx_loader": __version__, "vllm": vllm_version, "torch": torch.__version__,
         "transformers": transformers.__version__, "python": platform.python_version(),
     }
     for name in ("mlx", "mlx_lm", "torch_npu", "vllm_ascend"):
@@ -37,11 +41,8 @@ def versions() -> dict[str, str | None]:
     return found
 
 
-def device_info() -> dict[str, str]:
-    from vllm.platforms import current_platform
-
-    kind = str(current_platform.device_type)
-    name = _cpu_model_name() if kind == "cpu" else str(current_platform.get_device_name())
+def device_info(kind: str, name: str | None) -> dict[str, str]:
+    name = _cpu_model_name() if name is None else name
     return {"platform": kind, "name": name, "machine": platform.machine(), "cpus": str(os.cpu_count())}
 
 
@@ -57,7 +58,7 @@ def _cpu_model_name() -> str:
 
 def build(
     ckpt: MLXCheckpoint, args: argparse.Namespace, gates: accuracy.Gates, tokenizer: Any, texts: list[str],
-    runs: list, per_reference: dict[str, list[accuracy.RowMetrics]], chat: bool,
+    runs: list, per_reference: dict[str, list[accuracy.RowMetrics]], chat: bool, env: dict[str, Any],
 ) -> dict[str, Any]:
     """`per_reference[name][i]`: the per-position metrics of prompt i's device run against reference `name`."""
     comparisons, failed, steps = {}, [], []
@@ -105,8 +106,7 @@ def build(
         "model": str(ckpt.directory),
         "architecture": ckpt.architecture,
         "quantization": sorted({f"{m.params.mode} {m.params.bits}-bit g{m.params.group_size}" for m in ckpt.quantized}),
-        "device": device_info(),
-        "versions": versions(),
+        **env,
         "settings": {
             "dtype": "bfloat16", "max_tokens": args.max_tokens, "chat_template": chat,
             "enable_thinking": args.enable_thinking, "tensor_parallel_size": args.tensor_parallel_size,

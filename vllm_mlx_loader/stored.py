@@ -68,3 +68,16 @@ class QuantizedModule:
 
 
 Entry = QuantizedModule | TensorRef
+
+
+def global_scale_shapes(scales_shape: tuple[int, ...]) -> set[tuple[int, ...]]:
+    """The shapes an nvfp4 global scale may have beside scales of `scales_shape` (`[..., rows, groups]`): one value
+    for the whole tensor (a matrix, or a stack quantized in one `mx.quantize` call), or one per matrix of a stack
+    (mlx-lm's `global_scale=True` on expert stacks: `[experts]`)."""
+    leading = tuple(scales_shape[:-2])
+    return {(), (1,)} | ({leading, (*leading, 1)} if leading else set())
+
+
+def describe_global_scale_shapes(scales_shape: tuple[int, ...]) -> str:
+    leading = list(scales_shape[:-2])
+    return "[] (one value)" + (f" or {leading} (one per matrix)" if leading else "")

@@ -38,9 +38,10 @@ from . import accuracy, report
 from .errors import MLXCheckpointError
 from .format import MLXCheckpoint, read_checkpoint
 from .hf_compat import load_tokenizer
-from .vllm.device_logits import DeviceRun, rows_per_block, run_device, shutdown_llm
+from .vllm import compat
+from .vllm.device_logits import DeviceRun, rows_per_block, run_device
 
-__all__ = ["main", "shutdown_llm", "validate"]
+__all__ = ["main", "validate"]
 
 DEFAULT_PROMPTS = [
     "What is the capital of France?",
@@ -174,7 +175,8 @@ def validate(args: argparse.Namespace, gates: accuracy.Gates) -> int:
             metrics["mlx_fp32"] = compare(runs, lambda seq: logit_blocks(mlx_model, seq, rows_per_block(vocab)))
             del mlx_model
     log("comparing")
-    result = report.build(ckpt, args, gates, tokenizer, texts, runs, metrics, chat)
+    env = report.environment(compat.vllm_version(), *compat.platform_device())
+    result = report.build(ckpt, args, gates, tokenizer, texts, runs, metrics, chat, env)
     print(report.markdown(result))
     if args.output:
         report.write(result, args.output)

@@ -2,9 +2,11 @@
 
 One module at a time: its packed codes, scales and biases are read from their shards (memory-mapped),
 moved to the device as packed data (~4.5 bits per weight for 4-bit), and dequantized there. Host memory
-holds one module's tensors at a time, never a dense copy of the model. With `sliced=True` (tensor
-parallelism) each weight is a `LazyDense`: the rows and whole groups of columns the consumer narrows it to
-are all that is read and dequantized.
+holds one module's tensors at a time, never a dense copy of the model. With `lazy=True` (what the vLLM loader
+asks for) each weight is a `LazyDense`: the rows and whole groups of columns the consumer narrows it to are
+all that is read and dequantized, and a weight the consumer never uses (another pipeline stage's layer) costs
+nothing. Before a quantized module is dequantized, its scales (and biases) bound its values: where the bound
+exceeds what the output dtype holds, the dense tensor is checked and refused if anything overflowed.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from safetensors import safe_open
 
 from .buffers import OutputBuffers
 from .dequant import Rounding, dequantize_affine
-from .dequant_fp import dequantize_fp, non_finite_codes
+from .dequant_fp import LARGEST_ELEMENT, NVFP4_GLOBAL_DIVISOR, dequantize_fp, non_finite_codes, scale_table
 from .errors import MLXCheckpointError
 from .format import MLXCheckpoint, QuantizedModule, TensorRef, Weight
 from .lazy_dense import LazyDense, Region
 
 Key = int | tuple[int | slice, ...] | None  # the whole tensor, one entry of its leading axis, or a slice
 PLAIN_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 
 @dataclass
@@ -65,8 +68,15 @@ class ShardReader:
         self._files.clear()  # a lazy weight made after the stream ended reopens its shard
 
     def read(self, ref: TensorRef, key: Key = None) -> torch.Tensor:
-        """The tensor `ref`, or only `ref[key]` (one expert of a stack, a rank's rows or columns): safetensors
-        reads just those bytes."""
+        """The tensor `ref`, or only `ref[key]` (one expert of a stack, a rank's rows or columns), on the device:
+        safetensors reads just those bytes."""
+        return self.to_device(self.read_host(ref, key))
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(self.device)
+
+    def read_host(self, ref: TensorRef, key: Key = None) -> torch.Tensor:
+        """`read`, left in host memory (memory-mapped where safetensors can)."""
         if ref.file not in self._files:
             self._files[ref.file] = self._stack.enter_context(safe_open(ref.file, framework="pt"))
         try:
@@ -86,7 +96,7 @@ class ShardReader:
                 "The checkpoint is damaged: re-download or re-convert it.",
             )
         self.stats.bytes_read += tensor.numel() * tensor.element_size()
-        return tensor.to(self.device)
+        return tensor
 
 
 def _all_finite(tensor: torch.Tensor) -> bool:
@@ -101,15 +111,17 @@ def iter_dense_weights(
     dtype: torch.dtype = torch.bfloat16,
     rounding: Rounding = "fused",
     stats: LoadStats | None = None,
-    sliced: bool = False,
+    lazy: bool = False,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield `(hf_name, dense tensor)` for every weight of `ckpt` (`ckpt.weights`), dequantized on `device`.
 
     Unquantized tensors (norms) come back in their stored dtype on `device`; the model's weight
     loader casts them as it copies. On the CPU, a dense tensor's memory is reused for a later one once the
     consumer has dropped every reference to it (`buffers.py`), never before. On an accelerator the work is
-    queued without waiting for the device, unless `stats.timed` asks for per-phase times. With `sliced`, each
-    tensor is a `LazyDense` that reads and dequantizes only the region the consumer narrows it to.
+    queued without waiting for the device, unless `stats.timed` asks for per-phase times. With `lazy`, each
+    tensor is a `LazyDense` that reads and dequantizes only the region the consumer narrows it to, and nothing
+    of a weight the consumer skips (a tensor-parallel rank's share, a pipeline stage's layers, an expert-parallel
+    rank's experts).
     """
     device = torch.device(device)
     stats = stats if stats is not None else LoadStats(timed=device.type == "cpu")
@@ -117,25 +129,25 @@ def iter_dense_weights(
     with ShardReader(device, stats) as reader:
         try:
             for weight in ckpt.weights:
-                lead = () if weight.index is None else (weight.index,)
-                source = weight.source
-                if sliced and weight.inverse is None and (
-                    isinstance(source, QuantizedModule) or source.dtype in PLAIN_DTYPES
-                ):
-                    make = _region_maker(source, lead, reader, dtype, rounding, buffers)
-                    kind = dtype if isinstance(source, QuantizedModule) else PLAIN_DTYPES[source.dtype]
+                make = _region_maker(weight, reader, dtype, rounding, buffers)
+                kind = dense_dtype(weight, dtype)
+                if lazy and kind is not None:
                     tensor = LazyDense(make, weight.shape, kind, device)
-                elif weight.inverse is not None:  # made whole, then restored: norms, convolutions, split tensors
-                    parts = [_dense(w, reader, dtype, rounding) for w in (weight, *weight.others)]
-                    tensor = weight.inverse.apply(*parts)
                 else:
-                    out = None if buffers is None or not weight.quantized else buffers.empty(weight.shape, dtype)
-                    tensor = _dense(weight, reader, dtype, rounding, out)
+                    tensor = make(tuple((0, n) for n in weight.shape))
                 stats.tensors += 1
                 yield weight.name, tensor
         finally:
             if buffers is not None:
                 buffers.release()
+
+
+def dense_dtype(weight: Weight, dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype `weight` is made in: `dtype` where anything of it is quantized, else its stored float dtype (None
+    for another stored dtype, which is made at once rather than described)."""
+    if any(w.quantized for w in (weight, *weight.others)):
+        return dtype
+    return PLAIN_DTYPES.get(weight.source.dtype)
 
 
 def buffer_capacity(ckpt: MLXCheckpoint, dtype: torch.dtype, limit: int = 1 << 28) -> int:
@@ -176,9 +188,14 @@ def _dequantize(
         w_key = (*lead, rows, slice(cols[0] * p.bits // 32, cols[1] * p.bits // 32))
         s_key = (*lead, rows, slice(cols[0] // p.group_size, cols[1] // p.group_size))
     start = time.perf_counter()
-    weight, scales = reader.read(module.weight, w_key), reader.read(module.scales, s_key)
-    biases = None if module.biases is None else reader.read(module.biases, s_key)
+    weight = reader.read(module.weight, w_key)
+    scales = reader.read_host(module.scales, s_key)
+    biases = None if module.biases is None else reader.read_host(module.biases, s_key)
     global_scale = _global_scale(module, lead, reader)
+    # checked on the host copies, which are small: can the dense values leave the range of `dtype`?
+    may_overflow = _largest_value(module, scales, biases, global_scale, dtype, rounding) > _largest(dtype, rounding,
+                                                                                                  scales.dtype)
+    scales, biases = reader.to_device(scales), None if biases is None else reader.to_device(biases)
     reader.sync(device)
     read_end = time.perf_counter()
     stats.read_s += read_end - start
@@ -189,23 +206,71 @@ def _dequantize(
     else:
         _refuse_non_finite_codes(module, weight, scales)
         dense = dequantize_fp(weight, scales, mode=p.mode, dtype=dtype, global_scale=global_scale, out=out)
+    if may_overflow:  # rare: only then is every value looked at
+        _refuse_overflow(module, dense, scales, dtype)
     reader.sync(device)
     stats.dequant_s += time.perf_counter() - read_end
     stats.bytes_dequantized += dense.numel() * dense.element_size()
     return dense
 
 
+def _largest(dtype: torch.dtype, rounding: Rounding, scales_dtype: torch.dtype) -> float:
+    """The largest finite value the dequantization computes in and rounds to (`mlx_cpu` computes in the scales'
+    dtype when they are floats)."""
+    largest = torch.finfo(dtype).max
+    if rounding == "mlx_cpu" and scales_dtype.is_floating_point:
+        largest = min(largest, torch.finfo(scales_dtype).max)
+    return largest
+
+
+def _largest_value(
+    module: QuantizedModule, scales: torch.Tensor, biases: torch.Tensor | None, global_scale: torch.Tensor | None,
+    dtype: torch.dtype, rounding: Rounding,
+) -> float:
+    """An upper bound of |dense value| from the scales (and biases) alone: the largest code times the largest
+    scale (plus the largest bias), the scale as the dequantization rounds it."""
+    if scales.numel() == 0:
+        return 0.0
+    p = module.params
+    if p.mode == "affine":
+        largest_bias = 0.0 if biases is None else float(biases.abs().max())
+        return float(scales.abs().max()) * (2**p.bits - 1) + largest_bias
+    codes = scales.view(torch.uint8)
+    code = int((codes & 0x7F).max()) if p.mode == "nvfp4" else int(codes.max())  # magnitude grows with the code
+    scale = float(scale_table(p.mode, dtype if global_scale is None else torch.float32, torch.device("cpu"))[code])
+    factor = 1.0 if global_scale is None else float(global_scale.abs().max()) / NVFP4_GLOBAL_DIVISOR
+    return LARGEST_ELEMENT[p.mode] * scale * factor
+
+
+def _refuse_overflow(module: QuantizedModule, dense: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> None:
+    if _all_finite(dense):
+        return
+    bad = int((~torch.isfinite(dense)).sum())
+    hint = "The checkpoint is damaged: re-download or re-convert it."
+    if dtype == torch.float16:
+        hint = "float16 holds at most 65504: load it in bfloat16 (--dtype bfloat16, the default)."
+    raise MLXCheckpointError(
+        module.scales.where(), f"dequantizes to {bad} values that {_DTYPE_NAMES[dtype]} cannot hold (Inf or NaN) "
+        f"among {dense.numel()}: its scales are too large for that dtype.", hint,
+    )
+
+
 def _global_scale(module: QuantizedModule, lead: tuple[int, ...], reader: ShardReader) -> torch.Tensor | None:
-    """nvfp4's float32 global scale of this matrix (entry `lead` of a per-expert vector), refused if zero."""
+    """nvfp4's float32 global scale (one value, or one per matrix of a stack: entry `lead`'s, or all of them for a
+    whole stack), refused if any is zero."""
     if module.global_scale is None:
         return None
-    value = reader.read(module.global_scale, lead or None).reshape(-1)
-    if value.numel() != 1 or not bool(value.abs().gt(0).all()):
+    leading = module.scales.shape[:-2]
+    per_matrix = bool(leading) and module.global_scale.shape in (leading, (*leading, 1))
+    value = reader.read(module.global_scale).reshape(leading if per_matrix else ())
+    if per_matrix and lead:
+        value = value[lead]
+    if not bool(value.abs().gt(0).all()):
         raise MLXCheckpointError(
-            module.global_scale.where(), f"holds {value.tolist()} where one non-zero float32 value per matrix belongs.",
+            module.global_scale.where(), f"holds {value.tolist()} where non-zero float32 values belong.",
             "The checkpoint is damaged: re-download or re-convert it.",
         )
-    return value.reshape(())
+    return value
 
 
 def _refuse_non_finite_codes(module: QuantizedModule, weight: torch.Tensor, scales: torch.Tensor) -> None:
@@ -220,17 +285,30 @@ def _refuse_non_finite_codes(module: QuantizedModule, weight: torch.Tensor, scal
 
 
 def _region_maker(
-    source: QuantizedModule | TensorRef, lead: tuple[int, ...], reader: ShardReader, dtype: torch.dtype,
-    rounding: Rounding, buffers: OutputBuffers | None,
+    weight: Weight, reader: ShardReader, dtype: torch.dtype, rounding: Rounding, buffers: OutputBuffers | None,
 ) -> Callable[[Region], torch.Tensor]:
-    """How a `LazyDense` makes a region: a plain tensor's slice as stored; a quantized weight's rows and, where
-    the columns start and end on group boundaries, only those groups (otherwise every group of the rows)."""
+    """How `weight`'s region is made: a plain tensor's slice as stored; a quantized weight's rows and, where the
+    columns start and end on group boundaries, only those groups (otherwise every group of the rows); a weight
+    mlx-lm changed, whole and restored, then sliced. An empty region reads nothing."""
+    source, lead = weight.source, () if weight.index is None else (weight.index,)
+    whole_region = tuple((0, n) for n in weight.shape)
 
     def make(region: Region) -> torch.Tensor:
+        slices = tuple(slice(a, b) for a, b in region)
+        if any(a == b for a, b in region):
+            kind = dense_dtype(weight, dtype) or PLAIN_DTYPES["BF16"]
+            return torch.empty(tuple(b - a for a, b in region), dtype=kind, device=reader.device)
+        if weight.inverse is not None:  # norms, convolutions, split tensors: made whole, then restored
+            parts = [_dense(w, reader, dtype, rounding) for w in (weight, *weight.others)]
+            restored = weight.inverse.apply(*parts).to(dense_dtype(weight, dtype) or parts[0].dtype)
+            return restored if region == whole_region else restored[slices]
         if isinstance(source, TensorRef):
-            return _read_plain(source, (*lead, *(slice(a, b) for a, b in region)), reader)
+            return _read_plain(source, weight.index if region == whole_region else (*lead, *slices), reader)
+        if region == whole_region:
+            out = None if buffers is None else buffers.empty(weight.shape, dtype)
+            return _dequantize(source, lead, reader, dtype, rounding, out=out)
         if len(region) != 2:  # not a matrix: make it whole
-            return _dequantize(source, lead, reader, dtype, rounding)[tuple(slice(a, b) for a, b in region)]
+            return _dequantize(source, lead, reader, dtype, rounding)[slices]
         (r0, r1), (c0, c1) = region
         rows, g = slice(r0, r1), source.params.group_size
         if c0 % g == 0 and c1 % g == 0:

@@ -19,7 +19,7 @@ from .mixtral import MixtralAdapter
 from .qwen3_5 import Qwen3_5Adapter
 from .qwen3_moe import Qwen3MoeAdapter
 from .qwen3_next import Qwen3NextAdapter
-from .vision_language import Gemma3VisionLanguageAdapter, LanguageModelOnlyAdapter
+from .vision_language import Gemma3VisionLanguageAdapter
 
 ADAPTERS: tuple[Adapter, ...] = (
     DenseAdapter(), Qwen3MoeAdapter(), MixtralAdapter(), Qwen3NextAdapter(), Qwen3_5Adapter(),
@@ -56,4 +56,4 @@ def holds_language_model_only(config: dict[str, Any]) -> bool:
     """True for a vision-language architecture whose MLX checkpoints hold the language model alone."""
     archs = config.get("architectures")
     arch = archs[0] if isinstance(archs, list) and archs else None
-    return any(arch in a.architectures for a in ADAPTERS if isinstance(a, LanguageModelOnlyAdapter))
+    return any(arch in a.architectures for a in ADAPTERS if a.text_only)

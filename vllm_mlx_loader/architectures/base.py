@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import MLXCheckpointError
 from ..stored import Entry, QuantizedModule
@@ -12,10 +12,6 @@ from .meta_model import model_shapes
 
 if TYPE_CHECKING:
     import torch
-
-_MAX_SIZE = 1 << 24  # no dimension of a real model comes near; bounds what a hostile config can make us build
-_MAX_LAYERS = 4096
-
 
 def _same_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape
@@ -76,41 +72,22 @@ def missing_partner(weight: Weight, partner: str, what: str) -> MLXCheckpointErr
     )
 
 
-def size(config: dict[str, Any], key: str, where: str, default: int | None = None) -> int:
-    value = config.get(key)
-    if value is None and default is not None:
-        return default
-    if type(value) is not int or not 0 < value <= _MAX_SIZE:
-        raise MLXCheckpointError(where, f"{key} must be a positive integer, found {value!r}.")
-    return value
-
-
-def check_sizes(config: dict[str, Any], where: str) -> None:
-    """Refuse sizes no model has before transformers builds anything from them."""
-    for key in ("hidden_size", "num_attention_heads", "vocab_size", "num_hidden_layers"):
-        size(config, key, where)
-    for key in ("num_key_value_heads", "head_dim", "intermediate_size"):
-        if config.get(key) is not None:
-            size(config, key, where)
-    layers = config["num_hidden_layers"]
-    if layers > _MAX_LAYERS:
-        raise MLXCheckpointError(where, f"num_hidden_layers must be at most {_MAX_LAYERS}, found {layers}.")
-    tied = config.get("tie_word_embeddings", False)
-    if not isinstance(tied, bool):
-        raise MLXCheckpointError(where, f"tie_word_embeddings must be true or false, found {tied!r}.")
-
-
 class Adapter:
     """A dense architecture whose MLX names are the Hugging Face names (mlx-lm's `sanitize` only drops a tied
     `lm_head`). Families that rename or stack tensors override `expected_weights` and `weights`."""
 
     architectures: tuple[str, ...] = ()
+    # False where mlx-lm's conversion renames, restacks or changes tensors: vLLM's default loader cannot read even
+    # an unquantized conversion of such a family, so `--load-format auto` gives it to this loader
+    stores_hf_layout: ClassVar[bool] = False
+    # True for a vision-language model whose MLX checkpoints hold the language model alone: transformers builds
+    # that from the text config (`meta_model.build_model(text_only=True)`), never the vision tower
+    text_only: ClassVar[bool] = False
 
     def expected_weights(self, config: dict[str, Any], where: str) -> dict[str, tuple[int, ...]]:
         """Every dense weight the checkpoint must hold, with its shape: the parameters of transformers' own
         model for this config, built on the meta device (no memory, no hand-written table)."""
-        check_sizes(config, where)
-        return model_shapes(config, where)
+        return model_shapes(config, where, text_only=self.text_only)
 
     def weights(self, entries: Iterable[Entry], config: dict[str, Any], where: str) -> list[Weight]:
         """The dense weights to feed the model, from the checkpoint's stored entries."""

@@ -1,11 +1,21 @@
-"""The parameters of transformers' model for a config.json, built on the meta device: names and shapes only.
+"""transformers' model for a config.json, built on the meta device: the names and shapes of its parameters.
 
 This is how the loader knows which weights a checkpoint must hold without a table per model (vLLM's GGUF
 loader does the same). Tied parameters appear once, under the first name (`model.embed_tokens.weight`).
+
+A config.json is untrusted input, and what transformers builds from it costs time in proportion to its layers
+(a Python object per module, even on the meta device: 256 decoder layers took 0.43-0.83 s here, by family) and,
+for configs that fill in per-layer lists, to `num_hidden_layers` before any model exists. So before transformers
+sees a config: layer counts anywhere in it are at most `MAX_LAYERS`, lists at most `MAX_LIST` long; after, every
+size of the language model is a positive integer of at most `MAX_SIZE` (read from transformers' config object, so
+sizes a config leaves to its defaults count too). Vision towers are never built: a vision-language model's
+language model is built from its text config alone. Mixture-of-experts adapters build the model with a few
+experts and name the rest themselves (`build_model(overrides=...)`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from typing import Any
@@ -13,6 +23,14 @@ from typing import Any
 from ..errors import MLXCheckpointError
 
 NOT_MODEL_FIELDS = ("quantization", "quantization_config")
+MAX_SIZE = 1 << 24  # no dimension of a real model comes near
+MAX_LAYERS = 256  # the deepest models served have 61-126 layers (Llama 3.1 405B: 126)
+MAX_LIST = 4096  # per-layer lists (`layer_types`, `mlp_only_layers`) have one entry per layer at most
+LAYER_KEYS = ("num_hidden_layers", "num_layers", "n_layers", "depth")
+REQUIRED_SIZES = ("hidden_size", "num_attention_heads", "vocab_size", "num_hidden_layers")
+OPTIONAL_SIZES = ("num_key_value_heads", "head_dim", "intermediate_size")
+# a vision-language model's language model, built alone: its names under the composite model's
+LANGUAGE_MODEL_PREFIX = "model.language_model."
 
 
 def hf_config_fields(config: dict[str, Any]) -> dict[str, Any]:
@@ -20,25 +38,122 @@ def hf_config_fields(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in NOT_MODEL_FIELDS}
 
 
-def model_shapes(config: dict[str, Any], where: str) -> dict[str, tuple[int, ...]]:
-    return dict(_model_shapes(json.dumps(hf_config_fields(config), sort_keys=True), where))
+def positive_int(value: Any, key: str, where: str, limit: int = MAX_SIZE) -> int:
+    if type(value) is not int or not 0 < value <= limit:
+        raise MLXCheckpointError(where, f"{key} must be a positive integer of at most {limit}, found {value!r}.")
+    return value
+
+
+def check_bounded(fields: Any, where: str, path: str = "") -> None:
+    """Refuse layer counts and lists that would make transformers build without end, anywhere in the config."""
+    if isinstance(fields, dict):
+        for key, value in fields.items():
+            if key in LAYER_KEYS and value is not None:
+                positive_int(value, path + key, where, MAX_LAYERS)
+            check_bounded(value, where, f"{path}{key}.")
+    elif isinstance(fields, list):
+        if len(fields) > MAX_LIST:
+            raise MLXCheckpointError(where, f"{path.rstrip('.')} has {len(fields)} entries; at most {MAX_LIST} "
+                                     "are expected.")
+        for value in fields:
+            check_bounded(value, where, path)
+
+
+def build_config(config: dict[str, Any], where: str) -> Any:
+    """transformers' config object for an MLX config.json (bounded first: `check_bounded`)."""
+    import transformers  # looked up at use: vLLM 0.18 may replace the module object
+
+    fields = hf_config_fields(config)
+    check_bounded(fields, where)
+    model_type = fields.pop("model_type", None)
+    try:
+        return transformers.AutoConfig.for_model(model_type, **fields)
+    except Exception as e:  # transformers raises many types for a config it cannot read
+        raise MLXCheckpointError(
+            where, f"transformers {transformers.__version__} cannot read it as a {model_type!r} config "
+            f"({_brief(e)}).", "Check config.json against the model's original one.",
+        ) from None
+
+
+def check_sizes(hf_config: Any, where: str) -> None:
+    """Refuse sizes no model has before anything is built from them."""
+    for key in REQUIRED_SIZES:
+        positive_int(getattr(hf_config, key, None), key, where)
+    for key in OPTIONAL_SIZES:
+        if getattr(hf_config, key, None) is not None:
+            positive_int(getattr(hf_config, key), key, where)
+    tied = getattr(hf_config, "tie_word_embeddings", False)
+    if not isinstance(tied, bool):
+        raise MLXCheckpointError(where, f"tie_word_embeddings must be true or false, found {tied!r}.")
+
+
+def language_model_config(hf_config: Any) -> Any:
+    """The text config of a vision-language config, tied as the composite model ties (by its own flag)."""
+    text = hf_config.get_text_config()
+    text.tie_word_embeddings = hf_config.tie_word_embeddings
+    return text
+
+
+def build_model(
+    config: dict[str, Any], where: str, *, text_only: bool = False, device: str = "meta",
+    overrides: dict[str, Any] | None = None,
+) -> Any:
+    """transformers' model for `config` on `device`, weights not initialised: the architecture's own class, or with
+    `text_only` the causal language model of its text config (names as `language_model_name` maps them)."""
+    import torch
+    import transformers
+
+    hf_config = build_config({**config, **(overrides or {})}, where)
+    if text_only:
+        hf_config = language_model_config(hf_config)
+    check_sizes(hf_config, where)
+    arch = config["architectures"][0]
+    try:
+        if text_only:
+            from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+            model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(hf_config)]
+        else:
+            model_class = getattr(transformers, arch)
+        # on the meta device initialisation costs nothing, and transformers 5 leaves weights untied without it
+        with torch.device(device), contextlib.nullcontext() if device == "meta" else _no_init_weights():
+            return model_class(hf_config)
+    except Exception as e:  # transformers raises many types for a config it cannot build
+        raise MLXCheckpointError(
+            where, f"transformers {transformers.__version__} cannot build {arch} from it ({_brief(e)}).",
+            "Check config.json against the model's original one.",
+        ) from None
+
+
+def language_model_name(name: str) -> str:
+    """A causal language model's parameter name as the vision-language model that holds it names it."""
+    return LANGUAGE_MODEL_PREFIX + name[len("model."):] if name.startswith("model.") else name
+
+
+def model_shapes(
+    config: dict[str, Any], where: str, *, text_only: bool = False, overrides: dict[str, Any] | None = None,
+) -> dict[str, tuple[int, ...]]:
+    key = json.dumps([hf_config_fields(config), overrides], sort_keys=True, default=repr)
+    return dict(_model_shapes(key, where, text_only))
 
 
 @functools.lru_cache(maxsize=8)
-def _model_shapes(config_json: str, where: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    import torch
-    import transformers  # looked up at use: vLLM 0.18 may replace the module object
+def _model_shapes(key: str, where: str, text_only: bool) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    config, overrides = json.loads(key)
+    model = build_model(config, where, text_only=text_only, overrides=overrides)
+    rename = language_model_name if text_only else str
+    return tuple((rename(name), tuple(p.shape)) for name, p in model.named_parameters())
 
-    fields = json.loads(config_json)
-    arch = fields["architectures"][0]
+
+def _brief(error: Exception, limit: int = 300) -> str:
+    """An exception of transformers' in one line (some list every model type it knows)."""
+    text = f"{type(error).__name__}: {error}".splitlines()[0] if str(error) else type(error).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _no_init_weights() -> Any:
     try:
-        model_class = getattr(transformers, arch)
-        hf_config = transformers.AutoConfig.for_model(fields.pop("model_type"), **fields)
-        with torch.device("meta"):
-            model = model_class(hf_config)
-    except Exception as e:  # transformers raises many types for a config it cannot build
-        raise MLXCheckpointError(
-            where, f"transformers {transformers.__version__} cannot build {arch} from it ({type(e).__name__}: {e}).",
-            "Check config.json against the model's original one.",
-        ) from None
-    return tuple((name, tuple(p.shape)) for name, p in model.named_parameters())
+        from transformers.initialization import no_init_weights  # transformers 5
+    except ImportError:
+        from transformers.modeling_utils import no_init_weights  # transformers 4.x
+    return no_init_weights()

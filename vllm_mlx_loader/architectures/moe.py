@@ -11,10 +11,16 @@ from typing import Any, ClassVar
 
 from ..errors import MLXCheckpointError
 from ..stored import Entry
-from .base import Adapter, Weight, check_sizes, size
-from .meta_model import model_shapes
+from .base import Adapter, Weight
+from .meta_model import build_config, model_shapes, positive_int
 
 _LAYER = re.compile(r"model\.layers\.(\d+)\.")
+MAX_EXPERTS = 4096  # the most a served family has is 512 (Qwen3-Next)
+# expert matrices the loader names, per projection: experts x MoE layers (Qwen3-Next-80B: 48 x 512 = 24,576)
+MAX_EXPERT_MATRICES = 1 << 17
+# experts transformers builds on the meta device: only which layers have experts is taken from its model (the
+# adapter names every expert itself), and transformers 4.x builds each expert as three modules
+META_EXPERTS = 4
 
 
 class StackedExpertsAdapter(Adapter):
@@ -25,14 +31,20 @@ class StackedExpertsAdapter(Adapter):
     expert_names: ClassVar[dict[str, str]] = {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"}
 
     def expected_weights(self, config: dict[str, Any], where: str) -> dict[str, tuple[int, ...]]:
-        check_sizes(config, where)
-        hidden = config["hidden_size"]
-        experts = size(config, self.num_experts_key, where)
-        inter = size(config, self.expert_size_key, where)
-        shapes = model_shapes(config, where)
+        hf_config = build_config(config, where)
+        experts = positive_int(getattr(hf_config, self.num_experts_key, None), self.num_experts_key, where, MAX_EXPERTS)
+        inter = positive_int(getattr(hf_config, self.expert_size_key, None), self.expert_size_key, where)
+        shapes = model_shapes(config, where, overrides={self.num_experts_key: min(experts, META_EXPERTS)})
+        hidden = hf_config.hidden_size  # checked by model_shapes
         # transformers 4.x lists experts one by one, 5.x as fused 3-D parameters: only which layers have
         # experts is taken from the model; the per-expert names are the checkpoints' own
         moe_layers = {m.group(1) for n in shapes if ".experts." in n and (m := _LAYER.match(n))}
+        if len(moe_layers) * experts > MAX_EXPERT_MATRICES:
+            raise MLXCheckpointError(
+                where, f"{len(moe_layers)} mixture-of-experts layers of {experts} experts make "
+                f"{len(moe_layers) * experts} expert matrices per projection; at most {MAX_EXPERT_MATRICES} are "
+                "expected.", "Check config.json against the model's original one.",
+            )
         expected = {
             n: s for n, s in shapes.items()
             if not ((m := _LAYER.match(n)) and m.group(1) in moe_layers and re.search(r"\.(experts|gate)\.", n))

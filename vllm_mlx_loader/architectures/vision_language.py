@@ -11,24 +11,24 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import MLXCheckpointError
 from ..stored import Entry
-from .base import Adapter, Weight, check_sizes
-from .meta_model import model_shapes
+from .base import Adapter, Weight
 
 RENAMES = (("language_model.model.", "model.language_model."), ("language_model.lm_head.", "lm_head."))
-LANGUAGE_MODEL = ("model.language_model.", "lm_head.")  # transformers' names of what mlx-lm keeps
 
 
 class LanguageModelOnlyAdapter(Adapter):
+    text_only: ClassVar[bool] = True
+
     def expected_weights(self, config: dict[str, Any], where: str) -> dict[str, tuple[int, ...]]:
+        """The language model's parameters, from its text config alone (the vision tower is never built)."""
         text = config.get("text_config")
-        if not isinstance(text, dict):
+        if text is not None and not isinstance(text, dict):
             raise MLXCheckpointError(where, f"text_config must be a JSON object, found {text!r}.")
-        check_sizes(text, where)
-        return {n: s for n, s in model_shapes(config, where).items() if n.startswith(LANGUAGE_MODEL)}
+        return super().expected_weights(config, where)
 
     def weights(self, entries: Iterable[Entry], config: dict[str, Any], where: str) -> list[Weight]:
         return [dataclasses.replace(w, name=hf_name(w.name)) for w in self.stored_weights(entries, config, where)]

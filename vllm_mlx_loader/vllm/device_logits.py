@@ -3,7 +3,7 @@
 vLLM returns prompt and sample logprobs as Python objects (one float, one int and one rank per token per
 position): at Qwen3's 151,936-token vocabulary a 1,000-token prompt becomes ~160 M objects and >10 GB of
 host memory. So while `validate` runs vLLM, the output processor's two conversion methods are replaced
-(`_capture_raw_logits`, the one use of a private vLLM API here): the tensors vLLM's engine sends are
+(`compat.logprob_tensors_to`, a private vLLM API kept in `compat.py`): the tensors vLLM's engine sends are
 scattered into dense float32 rows, a block of positions at a time, and appended to two files per prompt
 (its prompt's rows, its generated rows). `DeviceRun.read(a, b)` reads rows back for the comparison. Host
 memory on our side: one block of rows.
@@ -15,15 +15,15 @@ engine's transient peak. Disk: 4 bytes per position per vocabulary entry, in a t
 
 from __future__ import annotations
 
-import contextlib
-import gc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from . import compat
 
 BLOCK_BYTES = 1 << 26  # 64 MiB of float32 rows at a time on our side
 
@@ -101,32 +101,6 @@ class _RowWriter:
             f.close()
 
 
-@contextlib.contextmanager
-def _capture_raw_logits(sink: Callable[[torch.Tensor, torch.Tensor, bool], None]) -> Iterator[None]:
-    """Send the logprob tensors of vLLM's output processor to `sink(ids, values, prompt)` instead of
-    turning them into Python objects (vLLM 0.18-0.32: `LogprobsProcessor._update_prompt_logprobs` takes
-    `(token_ids, logprobs, ranks, ...)` tensors of `[positions, k]`; `_update_sample_logprobs` takes lists of
-    per-position numpy rows, sampled token first)."""
-    from .compat import logprobs_processor
-
-    LogprobsProcessor = logprobs_processor()
-
-    def prompt_logprobs(self: Any, tensors: Any) -> None:
-        sink(tensors[0], tensors[1], True)
-
-    def sample_logprobs(self: Any, lists: Any) -> None:
-        for ids, values in zip(lists[0], lists[1], strict=True):
-            sink(torch.as_tensor(np.asarray(ids))[None], torch.as_tensor(np.asarray(values))[None], False)
-
-    saved = LogprobsProcessor._update_prompt_logprobs, LogprobsProcessor._update_sample_logprobs
-    LogprobsProcessor._update_prompt_logprobs = prompt_logprobs  # type: ignore[method-assign]
-    LogprobsProcessor._update_sample_logprobs = sample_logprobs  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        LogprobsProcessor._update_prompt_logprobs, LogprobsProcessor._update_sample_logprobs = saved
-
-
 def run_device(
     model: str, prompts: list[list[int]], directory: Path, vocab: int, *, max_tokens: int,
     log: Callable[[str], None] = print, **llm_kwargs: Any,
@@ -145,7 +119,7 @@ def run_device(
             log(f"device: prompt {i + 1}/{len(prompts)} ({len(prompt)} tokens)")
             writer = _RowWriter((directory / f"prompt-{i}.f32", directory / f"generated-{i}.f32"), vocab)
             try:
-                with _capture_raw_logits(writer.write):
+                with compat.logprob_tensors_to(writer.write):
                     (out,) = llm.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)
             finally:
                 writer.close()
@@ -160,14 +134,5 @@ def run_device(
                 )
             runs.append(run)
     finally:
-        shutdown_llm(llm)
+        compat.shutdown_llm(llm)
     return runs
-
-
-def shutdown_llm(llm: Any) -> None:
-    """Stop vLLM's engine now (its memory is needed next), not whenever the garbage collector runs."""
-    core = getattr(llm.llm_engine, "engine_core", None)
-    if core is not None and hasattr(core, "shutdown"):
-        core.shutdown()
-    del llm
-    gc.collect()

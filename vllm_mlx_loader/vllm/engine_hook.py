@@ -7,28 +7,30 @@ platform is "no quantization config": the hook adds `hf_overrides={"quantization
 dict (or wraps a callable), and removes the attribute from the built config, which transformers 4.x
 cannot serialise while it is None (`hf_compat`). It also checks a local checkpoint up front, so a bad
 one fails before any worker starts, and picks the MLX load format for an MLX checkpoint given with the
-default `--load-format auto`, as a local directory or a Hugging Face repo id. A vision-language model whose MLX
+default `--load-format auto`, as a local directory or a Hugging Face repo id: a quantized one, or a local
+unquantized conversion of a family whose conversion renamed or changed tensors (vLLM's default loader would
+read MLX's names and values). config.json is read as the loader reads it (`files.read_json`): a link out of the
+checkpoint, a FIFO or a file of many MB is refused, never waited on. A vision-language model whose MLX
 checkpoint holds only the language model (mlx-lm drops the vision tower) is served with `--language-model-only`.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from vllm.logger import init_logger
 
-from ..architectures import holds_language_model_only
-from ..format import is_mlx_config, read_checkpoint
+from ..architectures import adapter_for, holds_language_model_only
+from ..errors import MLXCheckpointError
+from ..files import read_json
+from ..format import is_mlx_config, is_unquantized_mlx_conversion, read_checkpoint
 from ..hf_compat import QUANTIZATION_CONFIG, WithoutQuantizationConfig, drop_quantization_config
+from . import compat
 from .loader import LOAD_FORMATS
 
 logger = init_logger("vllm.mlx_loader")
-
-_SENTINEL = "_vllm_mlx_loader_hook"
 
 
 def without_quantization_config(overrides: Any) -> Any:
@@ -44,9 +46,11 @@ def without_quantization_config(overrides: Any) -> Any:
     return {**(overrides or {}), QUANTIZATION_CONFIG: None}
 
 
-def model_config_json(model: str, revision: str | None) -> dict[str, Any] | None:
-    """config.json of a local directory or a Hugging Face repo id (from the cache, or the hub unless offline,
-    as vLLM itself reads it); None where there is none or it cannot be read: vLLM then reports its own error."""
+def model_config_json(model: str, revision: str | None) -> tuple[dict[str, Any] | None, Path | None]:
+    """(config.json, the local directory holding the checkpoint) of a local directory or a Hugging Face repo id
+    (from the cache, or the hub unless offline, as vLLM itself reads it). Read as the loader reads it: inside the
+    directory (or the cache's blobs), a regular file, capped in size (`files.read_json`). (None, None) where
+    there is none or it cannot be read: vLLM then reports its own error."""
     try:
         if os.path.isdir(model):
             path = Path(model) / "config.json"
@@ -55,21 +59,34 @@ def model_config_json(model: str, revision: str | None) -> dict[str, Any] | None
 
             cached = try_to_load_from_cache(model, "config.json", revision=revision)  # no network round trip
             path = Path(cached if isinstance(cached, str) else hf_hub_download(model, "config.json", revision=revision))
-        config = json.loads(path.read_text())
+        return read_json(path, path.parent), path.parent
     except Exception:  # no such repo, offline without a cached copy, not JSON: not ours to report
-        return None
-    return config if isinstance(config, dict) else None
+        return None, None
+
+
+def needs_mlx_loader(config: dict[str, Any], directory: Path | None) -> bool:
+    """An MLX-quantized checkpoint, or an unquantized MLX conversion of a family whose conversion renamed or
+    changed tensors (vLLM's default loader would read MLX's names and values)."""
+    if is_mlx_config(config):
+        return True
+    if directory is None:
+        return False
+    try:
+        adapter = adapter_for(config, str(directory / "config.json"))
+    except MLXCheckpointError:
+        return False
+    return not adapter.stores_hf_layout and is_unquantized_mlx_conversion(directory, config)
 
 
 def prepare_engine_args(args: Any) -> None:
     """Adjust `EngineArgs` in place for an MLX checkpoint; leave any other model alone."""
     model = args.model if isinstance(args.model, str) else None
     local = Path(model) if model is not None and os.path.isdir(model) else None
-    config = None
+    config, directory = None, None
     if args.load_format in ("auto", *LOAD_FORMATS) and model is not None:
-        config = model_config_json(model, getattr(args, "revision", None))
-    if args.load_format == "auto" and config is not None and is_mlx_config(config):
-        logger.info("%s is an MLX-quantized checkpoint: using --load-format %s", model, LOAD_FORMATS[0])
+        config, directory = model_config_json(model, getattr(args, "revision", None))
+    if args.load_format == "auto" and config is not None and needs_mlx_loader(config, directory):
+        logger.info("%s is an MLX checkpoint: using --load-format %s", model, LOAD_FORMATS[0])
         args.load_format = LOAD_FORMATS[0]
     if args.load_format not in LOAD_FORMATS:
         return
@@ -83,21 +100,12 @@ def prepare_engine_args(args: Any) -> None:
         args.language_model_only = True
 
 
+def finish_model_config(args: Any, model_config: Any) -> None:
+    if args.load_format in LOAD_FORMATS:
+        drop_quantization_config(model_config.hf_config)
+
+
 def install() -> None:
-    """Wrap `EngineArgs.create_model_config` once (idempotent)."""
-    from vllm.engine.arg_utils import EngineArgs
-
-    original = EngineArgs.create_model_config
-    if getattr(original, _SENTINEL, False):
-        return
-
-    @functools.wraps(original)
-    def create_model_config(self: EngineArgs):  # type: ignore[no-untyped-def]
-        prepare_engine_args(self)
-        model_config = original(self)
-        if self.load_format in LOAD_FORMATS:
-            drop_quantization_config(model_config.hf_config)
-        return model_config
-
-    setattr(create_model_config, _SENTINEL, True)
-    EngineArgs.create_model_config = create_model_config  # type: ignore[method-assign]
+    """Have vLLM run `prepare_engine_args` before it builds a model config, and `finish_model_config` after
+    (idempotent)."""
+    compat.wrap_create_model_config(prepare_engine_args, finish_model_config)

@@ -2,8 +2,8 @@
 
 vLLM's model class keeps doing what it does for a BF16 checkpoint (tensor-parallel sharding, fused
 qkv / gate_up parameters); this loader only changes where the dense tensors come from. Under tensor
-parallelism the tensors are `LazyDense`: the model's weight loaders narrow them to the rank's part as usual,
-and only that part is read and dequantized.
+The tensors are `LazyDense`: the model's weight loaders narrow them to the rank's part as usual, and only
+that part is read and dequantized; the weights of layers another pipeline stage holds are never made.
 """
 
 from __future__ import annotations
@@ -80,8 +80,9 @@ class MLXModelLoader(BaseModelLoader):
         ckpt = read_checkpoint(self._model_dir(model_config))
         device = next(model.parameters()).device
         stats = LoadStats(timed=self.timing or device.type == "cpu")
-        tp_rank, tp_size = compat.tensor_parallel()
-        weights = iter_dense_weights(ckpt, device, model_config.dtype, self.rounding, stats, sliced=tp_size > 1)
+        # lazy: each weight is made only as far as the model's loaders use it (a tensor-parallel rank's share, its
+        # pipeline stage's layers, its expert-parallel rank's experts), and not at all where they skip it
+        weights = iter_dense_weights(ckpt, device, model_config.dtype, self.rounding, stats, lazy=True)
         progress = tqdm(
             weights, total=len(ckpt.weights), desc="Loading MLX checkpoint", bar_format=compat.bar_format(),
             disable=not enable_tqdm(self.load_config.use_tqdm_on_load),
@@ -93,7 +94,7 @@ class MLXModelLoader(BaseModelLoader):
             f"reading {stats.read_s:.2f} s, dequantizing {stats.dequant_s:.2f} s, " if stats.timed
             else "reading and dequantizing overlapped (timing=true splits them), "
         )
-        rank = f" (tensor-parallel rank {tp_rank} of {tp_size})" if tp_size > 1 else ""
+        rank = compat.parallel_rank_description()
         logger.info(
             "Loaded MLX checkpoint (%d tensors, %d quantized, %.1f MB read from %d shard(s), %.1f MB dequantized) "
             "on %s%s: %stotal %.2f s",
