@@ -87,6 +87,22 @@ def chat_prompt_ids(tokenizer, messages: list[dict], **template_kwargs) -> list[
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+# `python -m mlx_lm convert`, able to read tokenizers saved by transformers 5 under transformers 4.x too
+_MLX_LM_CONVERT = (
+    "import sys; from vllm_mlx_loader.hf_compat import teach_tokenizers_backend; teach_tokenizers_backend(); "
+    "from mlx_lm.convert import main; sys.argv[0] = 'mlx_lm.convert'; main()"
+)
+
+
+def mlx_lm_convert(src: Path, dst: Path, *flags: str) -> Path:
+    """The real `mlx_lm.convert --hf-path SRC --mlx-path DST FLAGS...` (`-d`: dequantize), on any transformers."""
+    import subprocess
+
+    subprocess.run([sys.executable, "-c", _MLX_LM_CONVERT, "--hf-path", str(src), "--mlx-path", str(dst), *flags],
+                   check=True, stdout=subprocess.DEVNULL)
+    return dst
+
+
 def unstacked(tensors: dict) -> dict:
     """MLX's expert stacks (`mlp.switch_mlp.gate_proj.weight`, `[experts, out, in]`; `mlx_lm.convert -d` keeps them)
     under the Hugging Face per-expert names the loader and our converter give them, entry by entry."""

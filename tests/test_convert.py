@@ -6,13 +6,11 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import unstacked
+from conftest import mlx_lm_convert, unstacked
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -44,9 +42,7 @@ def mlx_dequantized(checkpoints, tmp_path_factory) -> dict[str, Path]:
     out = {}
     for variant in CONVERTED:
         dst = tmp_path_factory.mktemp("mlx-d") / variant
-        subprocess.run([sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(checkpoints[variant]),
-                        "--mlx-path", str(dst), "-d"], check=True, stdout=subprocess.DEVNULL)
-        out[variant] = dst
+        out[variant] = mlx_lm_convert(checkpoints[variant], dst, "-d")
     return out
 
 
@@ -132,8 +128,7 @@ def test_restored_families_load_in_transformers_and_compute_mlx_float32_logits(
             assert (got - want).abs().max() < LOGIT_TOLERANCE, (type(model).__name__, prompt)
 
     theirs = tmp_path / "mlx-d"
-    subprocess.run([sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(checkpoints[variant]),
-                    "--mlx-path", str(theirs), "-d"], check=True, stdout=subprocess.DEVNULL)
+    mlx_lm_convert(checkpoints[variant], theirs, "-d")
     # that output is an unquantized MLX conversion in MLX's layout: the loader reads it through the same inverses,
     # and gets what it makes of the quantized checkpoint with mx.dequantize's rounding, bit for bit
     assert is_unquantized_mlx_conversion(theirs, json.loads((theirs / "config.json").read_text()))

@@ -27,6 +27,10 @@ def vllm_version() -> tuple[int, ...]:
 
 pytestmark = pytest.mark.engine
 MAX_TOKENS = 16
+# a greedy step where MLX float32's top two logits lie closer than this is a near-tie that BF16 may resolve either
+# way (the chosen-token log-probs are held to the same 0.1 below); the tokens after it are not compared. Each CI
+# machine trains its own fixtures, so one may hold such a step (mixed_3_6's Chinese prompt: 0.028 on one)
+NEAR_TIE = 0.1
 LANGUAGE_MODEL_ONLY = {"gemma3_vlm", "qwen3_5"}  # vision-language models: mlx-lm keeps the language model alone
 # vLLM 0.32's CPU DeepSeek-V3 (MLA) path does not repeat itself: the same BF16 checkpoint, served twice, gave
 # different greedy tokens for 2 of 5 prompts (log-probs up to 0.6 apart), so MLX parity would test its kernels
@@ -54,12 +58,24 @@ def generate_and_compare(path, tokenizer, label: str, **llm_kwargs):
         outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
     finally:
         shutdown(llm)
-    for prompt, ref, out in zip(PROMPTS, reference, outputs, strict=True):
+    for prompt, ids, ref, out in zip(PROMPTS, prompts, reference, outputs, strict=True):
         got = out.outputs[0]
-        assert list(got.token_ids) == ref.token_ids, f"{label}: {prompt!r}: {got.text!r}"
-        got_logprobs = [step[t].logprob for step, t in zip(got.logprobs, got.token_ids, strict=True)]
-        worst = max(abs(a - b) for a, b in zip(got_logprobs, ref.logprobs, strict=True))
+        pairs = zip(got.token_ids, ref.token_ids, strict=True)
+        same = next((i for i, (a, b) in enumerate(pairs) if a != b), MAX_TOKENS)
+        if same < MAX_TOKENS:  # equal up to a step where MLX float32 itself barely prefers its token
+            gap = mlx_float32_gap(path, [*ids, *ref.token_ids[:same]], ref.token_ids[same], got.token_ids[same])
+            assert gap < NEAR_TIE, f"{label}: {prompt!r}: {got.text!r} (MLX's token leads by {gap:.3f} at {same})"
+        got_logprobs = [step[t].logprob for step, t in zip(got.logprobs[:same], got.token_ids[:same], strict=True)]
+        worst = max((abs(a - b) for a, b in zip(got_logprobs, ref.logprobs[:same], strict=True)), default=0.0)
         assert worst <= 0.1, f"{label}: {prompt!r}: chosen-token logprob differs by {worst:.3f}"
+
+
+def mlx_float32_gap(path, sequence: list[int], mlx_token: int, other: int) -> float:
+    """How far MLX float32's logit for its own next token is above `other`'s, after `sequence`."""
+    from vllm_mlx_loader.mlx_reference import load_float32, logit_blocks
+
+    (logits,) = logit_blocks(load_float32(path), [*sequence, 0], len(sequence))
+    return float(logits[-1, mlx_token] - logits[-1, other])
 
 
 def older_vllm_marks(variant: str) -> list[pytest.MarkDecorator]:

@@ -215,13 +215,12 @@ def test_auto_load_format_picks_the_mlx_loader_for_an_unquantized_restacked_conv
                                                                                         tmp_path) -> None:
     """`mlx_lm.convert -d` (or without -q) of Qwen3-MoE stores MLX's expert stacks, which vLLM's default loader
     cannot read: `auto` gives it to this loader. A Hugging Face BF16 checkpoint stays vLLM's."""
+    from conftest import mlx_lm_convert
     from vllm.engine.arg_utils import EngineArgs
 
     from vllm_mlx_loader.vllm.engine_hook import prepare_engine_args
 
-    dst = tmp_path / "bf16"
-    subprocess.run([sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(checkpoints["qwen3_moe"]),
-                    "--mlx-path", str(dst), "-d"], check=True, stdout=subprocess.DEVNULL)
+    dst = mlx_lm_convert(checkpoints["qwen3_moe"], tmp_path / "bf16", "-d")
     for model, want in ((dst, "mlx-4bit"), (bf16_source, "auto")):
         args = EngineArgs(model=str(model))
         prepare_engine_args(args)

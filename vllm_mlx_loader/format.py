@@ -28,9 +28,7 @@ from .stored import (
     global_scale_shapes,
 )
 
-__all__ = [
-    "Entry", "MLXCheckpoint", "QuantParams", "QuantizedModule", "TensorRef", "Weight", "read_checkpoint", "read_config",
-]
+__all__ = ["Entry", "MLXCheckpoint", "QuantParams", "QuantizedModule", "TensorRef", "Weight", "read_checkpoint"]
 
 logger = logging.getLogger("vllm.mlx_loader")  # vLLM's logging configuration covers it; no vLLM import here
 

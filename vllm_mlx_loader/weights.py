@@ -193,8 +193,7 @@ def _dequantize(
     biases = None if module.biases is None else reader.read_host(module.biases, s_key)
     global_scale = _global_scale(module, lead, reader)
     # checked on the host copies, which are small: can the dense values leave the range of `dtype`?
-    may_overflow = _largest_value(module, scales, biases, global_scale, dtype, rounding) > _largest(dtype, rounding,
-                                                                                                  scales.dtype)
+    may_overflow = _largest_value(module, scales, biases, global_scale, dtype) > _largest(dtype, rounding, scales.dtype)
     scales, biases = reader.to_device(scales), None if biases is None else reader.to_device(biases)
     reader.sync(device)
     read_end = time.perf_counter()
@@ -207,7 +206,7 @@ def _dequantize(
         _refuse_non_finite_codes(module, weight, scales)
         dense = dequantize_fp(weight, scales, mode=p.mode, dtype=dtype, global_scale=global_scale, out=out)
     if may_overflow:  # rare: only then is every value looked at
-        _refuse_overflow(module, dense, scales, dtype)
+        _refuse_overflow(module, dense, dtype)
     reader.sync(device)
     stats.dequant_s += time.perf_counter() - read_end
     stats.bytes_dequantized += dense.numel() * dense.element_size()
@@ -225,7 +224,7 @@ def _largest(dtype: torch.dtype, rounding: Rounding, scales_dtype: torch.dtype) 
 
 def _largest_value(
     module: QuantizedModule, scales: torch.Tensor, biases: torch.Tensor | None, global_scale: torch.Tensor | None,
-    dtype: torch.dtype, rounding: Rounding,
+    dtype: torch.dtype,
 ) -> float:
     """An upper bound of |dense value| from the scales (and biases) alone: the largest code times the largest
     scale (plus the largest bias), the scale as the dequantization rounds it."""
@@ -242,7 +241,7 @@ def _largest_value(
     return LARGEST_ELEMENT[p.mode] * scale * factor
 
 
-def _refuse_overflow(module: QuantizedModule, dense: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> None:
+def _refuse_overflow(module: QuantizedModule, dense: torch.Tensor, dtype: torch.dtype) -> None:
     if _all_finite(dense):
         return
     bad = int((~torch.isfinite(dense)).sum())
@@ -296,8 +295,7 @@ def _region_maker(
     def make(region: Region) -> torch.Tensor:
         slices = tuple(slice(a, b) for a, b in region)
         if any(a == b for a, b in region):
-            kind = dense_dtype(weight, dtype) or PLAIN_DTYPES["BF16"]
-            return torch.empty(tuple(b - a for a, b in region), dtype=kind, device=reader.device)
+            return torch.empty(tuple(b - a for a, b in region), dtype=dense_dtype(weight, dtype), device=reader.device)
         if weight.inverse is not None:  # norms, convolutions, split tensors: made whole, then restored
             parts = [_dense(w, reader, dtype, rounding) for w in (weight, *weight.others)]
             restored = weight.inverse.apply(*parts).to(dense_dtype(weight, dtype) or parts[0].dtype)
