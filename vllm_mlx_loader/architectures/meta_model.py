@@ -26,6 +26,7 @@ NOT_MODEL_FIELDS = ("quantization", "quantization_config")
 MAX_SIZE = 1 << 24  # no dimension of a real model comes near
 MAX_LAYERS = 256  # the deepest models served have 61-126 layers (Llama 3.1 405B: 126)
 MAX_LIST = 4096  # per-layer lists (`layer_types`, `mlp_only_layers`) have one entry per layer at most
+MAX_DEPTH = 32  # real configs nest 3 or 4 levels (`text_config.rope_scaling.factor`)
 LAYER_KEYS = ("num_hidden_layers", "num_layers", "n_layers", "depth")
 REQUIRED_SIZES = ("hidden_size", "num_attention_heads", "vocab_size", "num_hidden_layers")
 OPTIONAL_SIZES = ("num_key_value_heads", "head_dim", "intermediate_size")
@@ -44,19 +45,24 @@ def positive_int(value: Any, key: str, where: str, limit: int = MAX_SIZE) -> int
     return value
 
 
-def check_bounded(fields: Any, where: str, path: str = "") -> None:
-    """Refuse layer counts and lists that would make transformers build without end, anywhere in the config."""
-    if isinstance(fields, dict):
-        for key, value in fields.items():
-            if key in LAYER_KEYS and value is not None:
-                positive_int(value, path + key, where, MAX_LAYERS)
-            check_bounded(value, where, f"{path}{key}.")
-    elif isinstance(fields, list):
-        if len(fields) > MAX_LIST:
-            raise MLXCheckpointError(where, f"{path.rstrip('.')} has {len(fields)} entries; at most {MAX_LIST} "
-                                     "are expected.")
-        for value in fields:
-            check_bounded(value, where, path)
+def check_bounded(fields: Any, where: str) -> None:
+    """Refuse layer counts and lists that would make transformers build without end, and nesting no config has,
+    anywhere in the config (walked without recursion: a config nested a thousand deep is refused, not a crash)."""
+    pending = [(fields, "", 0)]
+    while pending:
+        value, path, depth = pending.pop()
+        if depth > MAX_DEPTH:
+            raise MLXCheckpointError(where, f"{path.rstrip('.')} is nested {depth} levels deep; configs nest a few.")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key in LAYER_KEYS and item is not None:
+                    positive_int(item, path + key, where, MAX_LAYERS)
+                pending.append((item, f"{path}{key}.", depth + 1))
+        elif isinstance(value, list):
+            if len(value) > MAX_LIST:
+                raise MLXCheckpointError(where, f"{path.rstrip('.')} has {len(value)} entries; at most {MAX_LIST} "
+                                         "are expected.")
+            pending += [(item, path, depth + 1) for item in value]
 
 
 def build_config(config: dict[str, Any], where: str) -> Any:
@@ -133,6 +139,7 @@ def language_model_name(name: str) -> str:
 def model_shapes(
     config: dict[str, Any], where: str, *, text_only: bool = False, overrides: dict[str, Any] | None = None,
 ) -> dict[str, tuple[int, ...]]:
+    check_bounded(hf_config_fields(config), where)  # before anything walks it (json.dumps recurses)
     key = json.dumps([hf_config_fields(config), overrides], sort_keys=True, default=repr)
     return dict(_model_shapes(key, where, text_only))
 
