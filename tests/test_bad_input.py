@@ -247,9 +247,14 @@ ROWS: list[tuple[str, str, Callable[[Path], None], str | None]] = [
     ("symlink-outside", "shard is a symlink to a file outside the directory", link_outside,
      rf"{SHARD}: is a link to .*elsewhere.safetensors, outside the checkpoint directory"),
     ("hf-cache-symlinks", "Hugging Face cache layout (snapshot links into blobs/)", hf_cache_layout, None),
-    ("unmapped-architecture", "architecture without a mapping",
-     edit_config(lambda c: c.update(architectures=["FalconForCausalLM"])),
-     r"config.json: architecture 'FalconForCausalLM' has no MLX-to-vLLM mapping"),
+    ("unmapped-architecture", "model type without a mapping",
+     edit_config(lambda c: c.update(model_type="falcon", architectures=["FalconForCausalLM"])),
+     r"config.json: model type 'falcon' with architecture 'FalconForCausalLM' is refused: it has no MLX-to-vLLM "
+     r"mapping"),
+    ("model-type-mismatch", "a served architecture under another model type (mlx-lm chose its module by the type)",
+     edit_config(lambda c: c.update(model_type="qwen3_next")),
+     r"config.json: model type 'qwen3_next' with architecture 'Qwen3ForCausalLM' is refused: Qwen3ForCausalLM is "
+     r"served for model type 'qwen3'; mlx-lm converts 'qwen3_next' with its 'qwen3_next' module"),
     ("stray-tensor", "a tensor the model does not have",
      edit_tensors(lambda t: t.update({"model.layers.7.input_layernorm.weight": torch.ones(256, dtype=torch.bfloat16)})),
      r"tensor 'model.layers.7.input_layernorm.weight': 'model.layers.7.input_layernorm.weight' is not a weight"),

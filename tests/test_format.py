@@ -202,13 +202,6 @@ def test_tensor_the_model_does_not_have_is_named(checkpoints, tmp_path) -> None:
         read_checkpoint(path)
 
 
-def test_unsupported_architecture_is_named(checkpoints, tmp_path) -> None:
-    path = copy_checkpoint(checkpoints["q4g64"], tmp_path / "m")
-    edit_config(path, lambda c: c.update(architectures=["FalconForCausalLM"]))
-    with pytest.raises(MLXCheckpointError, match=r"architecture 'FalconForCausalLM' has no MLX-to-vLLM mapping"):
-        read_checkpoint(path)
-
-
 # google/gemma-3-4b-it's config.json as published (and as mlx-community's conversions keep it): the text config
 # leaves the head counts, head size and vocabulary to Gemma3TextConfig's defaults
 GEMMA3_4B = {

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import MLXCheckpointError
 from .base import Adapter, Weight
 from .deepseek_v3 import DeepseekV3Adapter
 from .dense import DenseAdapter
 from .gpt_oss import GptOssAdapter
+from .identity import identity, refusal
 from .mixtral import MixtralAdapter
+from .moe import STACKED_EXPERT_FAMILIES
 from .qwen3_5 import Qwen3_5Adapter
 from .qwen3_moe import Qwen3MoeAdapter
 from .qwen3_next import Qwen3NextAdapter
@@ -23,37 +24,28 @@ from .vision_language import Gemma3VisionLanguageAdapter
 
 ADAPTERS: tuple[Adapter, ...] = (
     DenseAdapter(), Qwen3MoeAdapter(), MixtralAdapter(), Qwen3NextAdapter(), Qwen3_5Adapter(),
-    Gemma3VisionLanguageAdapter(), DeepseekV3Adapter(), GptOssAdapter(),
+    Gemma3VisionLanguageAdapter(), DeepseekV3Adapter(), GptOssAdapter(), *STACKED_EXPERT_FAMILIES,
 )
-SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(a for adapter in ADAPTERS for a in adapter.architectures)
+# (model type, architecture) -> its adapter: the allowlist
+SERVED: dict[tuple[str, str], Adapter] = {pair: a for a in ADAPTERS for pair in a.families.items()}
+SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(dict.fromkeys(arch for _, arch in SERVED))
 
 __all__ = [
-    "ADAPTERS", "SUPPORTED_ARCHITECTURES", "Adapter", "Weight", "adapter_for", "architecture",
-    "holds_language_model_only",
+    "ADAPTERS", "SERVED", "SUPPORTED_ARCHITECTURES", "Adapter", "Weight", "adapter_for", "holds_language_model_only",
 ]
 
 
-def architecture(config: dict[str, Any], where: str) -> str:
-    """Return the checkpoint's architecture, or raise if no adapter serves it."""
-    archs = config.get("architectures")
-    arch = archs[0] if isinstance(archs, list) and archs else archs
-    if not isinstance(arch, str) or arch not in SUPPORTED_ARCHITECTURES:
-        raise MLXCheckpointError(
-            where,
-            f"architecture {arch!r} has no MLX-to-vLLM mapping in vllm-mlx-loader "
-            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)}).",
-            "Open an issue with the checkpoint's config.json; see the README's support table for what is served.",
-        )
-    return arch
-
-
 def adapter_for(config: dict[str, Any], where: str) -> Adapter:
-    arch = architecture(config, where)
-    return next(a for a in ADAPTERS if arch in a.architectures)
+    """The adapter serving this checkpoint's (model type, architecture), or raise naming why it is refused."""
+    pair = identity(config)
+    adapter = SERVED.get(pair) if all(isinstance(x, str) for x in pair) else None
+    if adapter is None:
+        raise refusal(config, where, list(SERVED))
+    return adapter
 
 
 def holds_language_model_only(config: dict[str, Any]) -> bool:
     """True for a vision-language architecture whose MLX checkpoints hold the language model alone."""
-    archs = config.get("architectures")
-    arch = archs[0] if isinstance(archs, list) and archs else None
-    return any(arch in a.architectures for a in ADAPTERS if a.text_only)
+    pair = identity(config)
+    adapter = SERVED.get(pair) if all(isinstance(x, str) for x in pair) else None
+    return adapter is not None and adapter.text_only

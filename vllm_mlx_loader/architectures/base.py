@@ -76,7 +76,9 @@ class Adapter:
     """A dense architecture whose MLX names are the Hugging Face names (mlx-lm's `sanitize` only drops a tied
     `lm_head`). Families that rename or stack tensors override `expected_weights` and `weights`."""
 
-    architectures: tuple[str, ...] = ()
+    # model type (config.json's `model_type`) -> the architecture served for it: the pair decides the family, as
+    # mlx-lm's choice of module (and so of `sanitize`) was made by the model type (`identity.py`)
+    families: ClassVar[dict[str, str]] = {}
     # False where mlx-lm's conversion renames, restacks or changes tensors: vLLM's default loader cannot read even
     # an unquantized conversion of such a family, so `--load-format auto` gives it to this loader
     stores_hf_layout: ClassVar[bool] = False

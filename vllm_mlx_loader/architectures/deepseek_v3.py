@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -38,15 +38,8 @@ JOIN_KV_B = Inverse("kv_b_proj from embed_q and unembed_out", _joined, _joined_s
 
 
 class DeepseekV3Adapter(StackedExpertsAdapter):
-    architectures = ("DeepseekV3ForCausalLM",)
+    families: ClassVar[dict[str, str]] = {"deepseek_v3": "DeepseekV3ForCausalLM", "kimi_k2": "DeepseekV3ForCausalLM"}
     num_experts_key = "n_routed_experts"
-
-    def expected_weights(self, config: dict[str, Any], where: str) -> dict[str, tuple[int, ...]]:
-        expected = super().expected_weights(config, where)
-        # the router's correction bias (a buffer in transformers' model, so not among its parameters)
-        routers = [n[: -len(".weight")] for n in expected if n.endswith(".mlp.gate.weight")]
-        expected.update({f"{r}.e_score_correction_bias": (expected[f"{r}.weight"][0],) for r in routers})
-        return expected
 
     def weights(self, entries: Iterable[Entry], config: dict[str, Any], where: str) -> list[Weight]:
         weights = super().weights(entries, config, where)

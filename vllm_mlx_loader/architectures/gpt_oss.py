@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -50,7 +50,7 @@ TRANSPOSE_DOWN = Inverse("down_proj as [experts, inter, hidden]", _transposed, l
 
 
 class GptOssAdapter(Adapter):
-    architectures = ("GptOssForCausalLM",)
+    families: ClassVar[dict[str, str]] = {"gpt_oss": "GptOssForCausalLM"}
 
     def weights(self, entries: Iterable[Entry], config: dict[str, Any], where: str) -> list[Weight]:
         out, parts = [], {}

@@ -1,7 +1,8 @@
-"""transformers' model for a config.json, built on the meta device: the names and shapes of its parameters.
+"""transformers' model for a config.json, built on the meta device: the names and shapes of what a checkpoint of it
+holds (parameters and persistent buffers).
 
-This is how the loader knows which weights a checkpoint must hold without a table per model (vLLM's GGUF
-loader does the same). Tied parameters appear once, under the first name (`model.embed_tokens.weight`).
+This is how the loader knows which tensors a checkpoint must hold without a table per model (vLLM's GGUF loader
+does the same). Tied parameters appear once, under the first name (`model.embed_tokens.weight`).
 
 A config.json is untrusted input, and what transformers builds from it costs time in proportion to its layers
 (a Python object per module, even on the meta device: 256 decoder layers took 0.43-0.83 s here, by family) and,
@@ -21,6 +22,7 @@ import json
 from typing import Any
 
 from ..errors import MLXCheckpointError
+from .identity import TRANSFORMERS_MODEL_TYPE
 
 NOT_MODEL_FIELDS = ("quantization", "quantization_config")
 MAX_SIZE = 1 << 24  # no dimension of a real model comes near
@@ -72,6 +74,7 @@ def build_config(config: dict[str, Any], where: str) -> Any:
     fields = hf_config_fields(config)
     check_bounded(fields, where)
     model_type = fields.pop("model_type", None)
+    model_type = TRANSFORMERS_MODEL_TYPE.get(model_type, model_type)
     try:
         return transformers.AutoConfig.for_model(model_type, **fields)
     except Exception as e:  # transformers raises many types for a config it cannot read
@@ -149,7 +152,18 @@ def _model_shapes(key: str, where: str, text_only: bool) -> tuple[tuple[str, tup
     config, overrides = json.loads(key)
     model = build_model(config, where, text_only=text_only, overrides=overrides)
     rename = language_model_name if text_only else str
-    return tuple((rename(name), tuple(p.shape)) for name, p in model.named_parameters())
+    return tuple((rename(name), tuple(t.shape)) for name, t in stored_tensors(model))
+
+
+def stored_tensors(model: Any) -> list[tuple[str, Any]]:
+    """What a checkpoint of `model` holds: its parameters (tied ones once) and persistent buffers (a router's
+    `e_score_correction_bias`, Gemma 4's `layer_scalar`), not the buffers it computes (`inv_freq`, `embed_scale`)."""
+    tensors = list(model.named_parameters())
+    for module_name, module in model.named_modules():
+        skip = getattr(module, "_non_persistent_buffers_set", set())
+        tensors += [(f"{module_name}.{n}" if module_name else n, b)
+                    for n, b in module.named_buffers(recurse=False) if n not in skip and b is not None]
+    return tensors
 
 
 def _brief(error: Exception, limit: int = 300) -> str:

@@ -9,7 +9,7 @@ from .moe import StackedExpertsAdapter
 
 
 class MixtralAdapter(StackedExpertsAdapter):
-    architectures = ("MixtralForCausalLM",)
+    families: ClassVar[dict[str, str]] = {"mixtral": "MixtralForCausalLM"}
     block = "block_sparse_moe"
     num_experts_key = "num_local_experts"
     expert_size_key = "intermediate_size"

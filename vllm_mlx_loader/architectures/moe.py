@@ -21,14 +21,27 @@ MAX_EXPERT_MATRICES = 1 << 17
 # experts transformers builds on the meta device: only which layers have experts is taken from its model (the
 # adapter names every expert itself), and transformers 4.x builds each expert as three modules
 META_EXPERTS = 4
+# a router's tensors, one row per expert (`e_score_correction_bias`: a buffer in transformers' model)
+ROUTER_TENSORS = (".gate.weight", ".e_score_correction_bias")
 
 
 class StackedExpertsAdapter(Adapter):
+    """Experts stacked under `{block}.switch_mlp`; a family that differs only in these names is a configuration
+    (`STACKED_EXPERT_FAMILIES`), not a file."""
+
     block = "mlp"  # the module holding the router (`gate`) and the experts
     num_experts_key = "num_experts"
     expert_size_key = "moe_intermediate_size"
     # switch_mlp projection -> the Hugging Face expert projection
     expert_names: ClassVar[dict[str, str]] = {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"}
+
+    def __init__(self, families: dict[str, str] | None = None, **names: str) -> None:
+        if families is not None:
+            self.families = families
+        for key, value in names.items():
+            if not hasattr(type(self), key):
+                raise TypeError(f"{type(self).__name__} has no setting {key!r}")
+            setattr(self, key, value)
 
     def expected_weights(self, config: dict[str, Any], where: str) -> dict[str, tuple[int, ...]]:
         hf_config = build_config(config, where)
@@ -45,13 +58,20 @@ class StackedExpertsAdapter(Adapter):
                 f"{len(moe_layers) * experts} expert matrices per projection; at most {MAX_EXPERT_MATRICES} are "
                 "expected.", "Check config.json against the model's original one.",
             )
-        expected = {
-            n: s for n, s in shapes.items()
-            if not ((m := _LAYER.match(n)) and m.group(1) in moe_layers and re.search(r"\.(experts|gate)\.", n))
-        }
+        expected = {}
+        for name, shape in shapes.items():
+            if (m := _LAYER.match(name)) and m.group(1) in moe_layers:
+                if ".experts." in name:
+                    continue  # named below, expert by expert
+                rest = name[m.end():]
+                if rest.startswith("mlp."):  # transformers 5 names every block `mlp`; checkpoints keep theirs
+                    name = f"model.layers.{m.group(1)}.{self.block}.{rest[len('mlp.'):]}"
+                if name.endswith(ROUTER_TENSORS):  # one row per expert: widened from the meta model's few
+                    shape = (experts, *shape[1:])
+            expected[name] = shape
         for layer in sorted(moe_layers, key=int):
             prefix = f"model.layers.{layer}.{self.block}"
-            expected[f"{prefix}.gate.weight"] = (experts, hidden)
+            expected.setdefault(f"{prefix}.gate.weight", (experts, hidden))
             for e in range(experts):
                 for proj in self.expert_names.values():
                     shape = (hidden, inter) if proj == self.expert_names["down_proj"] else (inter, hidden)
@@ -79,3 +99,17 @@ class StackedExpertsAdapter(Adapter):
 
 def _where(entry: Entry) -> str:
     return getattr(entry, "weight", entry).where()
+
+
+# Families whose mlx-lm `sanitize` only stacks the experts (and drops multi-token-prediction layers): each is the
+# stacked-experts adapter with its own names. Routers' `e_score_correction_bias` (a buffer transformers' model
+# holds) is stored under its Hugging Face name.
+STACKED_EXPERT_FAMILIES = (
+    StackedExpertsAdapter({"qwen2_moe": "Qwen2MoeForCausalLM"}),
+    StackedExpertsAdapter({"olmoe": "OlmoeForCausalLM"}, expert_size_key="intermediate_size"),
+    StackedExpertsAdapter({"glm4_moe": "Glm4MoeForCausalLM"}, num_experts_key="n_routed_experts"),
+    StackedExpertsAdapter(
+        {"minimax_m2": "MiniMaxM2ForCausalLM"}, block="block_sparse_moe", num_experts_key="num_local_experts",
+        expert_size_key="intermediate_size", expert_names={"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"},
+    ),
+)

@@ -5,7 +5,7 @@ inverses are decided on the stored names, as mlx-lm's suffix test saw them (`lan
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 from ..stored import Entry
 from .base import Weight
@@ -14,7 +14,7 @@ from .vision_language import LanguageModelOnlyAdapter
 
 
 class Qwen3_5Adapter(LanguageModelOnlyAdapter):
-    architectures = ("Qwen3_5ForConditionalGeneration",)
+    families: ClassVar[dict[str, str]] = {"qwen3_5": "Qwen3_5ForConditionalGeneration"}
 
     def stored_weights(self, entries: Iterable[Entry], config: dict[str, Any], where: str) -> list[Weight]:
         return undo_sanitize(super().stored_weights(entries, config, where))

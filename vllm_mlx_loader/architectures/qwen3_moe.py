@@ -4,8 +4,10 @@ recipe keeps the router `mlp.gate` at 8 bits (a per-module entry in config.json)
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from .moe import StackedExpertsAdapter
 
 
 class Qwen3MoeAdapter(StackedExpertsAdapter):
-    architectures = ("Qwen3MoeForCausalLM",)
+    families: ClassVar[dict[str, str]] = {"qwen3_moe": "Qwen3MoeForCausalLM"}

@@ -6,7 +6,7 @@ does not need for plain decoding."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 from ..stored import Entry
 from .base import Weight
@@ -15,7 +15,7 @@ from .moe import StackedExpertsAdapter
 
 
 class Qwen3NextAdapter(StackedExpertsAdapter):
-    architectures = ("Qwen3NextForCausalLM",)
+    families: ClassVar[dict[str, str]] = {"qwen3_next": "Qwen3NextForCausalLM"}
 
     def weights(self, entries: Iterable[Entry], config: dict[str, Any], where: str) -> list[Weight]:
         return undo_sanitize(super().weights(entries, config, where))

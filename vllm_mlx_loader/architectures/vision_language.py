@@ -46,4 +46,4 @@ def hf_name(name: str) -> str:
 
 
 class Gemma3VisionLanguageAdapter(LanguageModelOnlyAdapter):
-    architectures = ("Gemma3ForConditionalGeneration",)
+    families: ClassVar[dict[str, str]] = {"gemma3": "Gemma3ForConditionalGeneration"}

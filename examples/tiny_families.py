@@ -1,0 +1,130 @@
+"""Tiny random-initialised checkpoints of every model type the loader serves, converted by the real
+`mlx_lm.convert` (4-bit, group size 32): the proof that each family's stored names and values come back as the
+Hugging Face checkpoint's (tests/test_families.py). No training: what is compared is weights, not text.
+
+    python examples/tiny_families.py OUT_DIR [--families cohere phi3 ...]
+
+Writes `OUT_DIR/<model_type>/hf` (transformers' BF16 checkpoint, as `save_pretrained` writes it) and
+`OUT_DIR/<model_type>/mlx`. Builds are cached: a family whose directory carries the current stamp (this file,
+transformers' and mlx-lm's versions) is not rebuilt. One family takes 0.1-2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+VOCAB = 512
+# sizes every family takes (where its config has the field); in-dimensions multiples of the group size
+SMALL: dict[str, Any] = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    head_dim=16, vocab_size=VOCAB, max_position_embeddings=256, num_experts=4, num_local_experts=4,
+    n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=64,
+    n_shared_experts=1, first_k_dense_replace=1, n_group=1, topk_group=1, kv_lora_rank=32, q_lora_rank=32,
+    qk_rope_head_dim=16, qk_nope_head_dim=16, v_head_dim=16, sliding_window=64,
+)
+ALWAYS_SET = ("head_dim", "num_key_value_heads")  # some configs leave them None, which transformers cannot build
+# per model type: fields for transformers' config (`hf`), fields mlx-lm needs that transformers 5 does not write
+# (`mlx`), the model type of the checkpoint built instead (`like`: Kimi K2 is a DeepSeek-V3 under another name)
+FAMILIES: dict[str, dict[str, Any]] = {
+    "cohere": {}, "cohere2": {}, "ernie4_5": {}, "gemma": {}, "gemma2": {}, "glm": {}, "glm4": {}, "granite": {},
+    "helium": {}, "hunyuan_v1_dense": {}, "ministral3": {}, "nemotron": {}, "olmo2": {}, "olmo3": {}, "phi": {},
+    "phi3": {}, "seed_oss": {}, "stablelm": {}, "starcoder2": {}, "qwen2": {}, "qwen3": {}, "llama": {},
+    "mistral": {}, "gemma3_text": {},
+    "exaone4": {"mlx": {"sliding_window_pattern": "LG", "head_dim": 16, "rope_scaling": None}},
+    "smollm3": {"hf": {"no_rope_layers": [1, 1]}},
+    "qwen2_moe": {}, "olmoe": {},
+    "glm4_moe": {"mlx": {"rope_scaling": None, "head_dim": 16}},
+    "minimax_m2": {"mlx": {"shared_intermediate_size": 0, "rotary_dim": 16}},
+    "kimi_k2": {"like": "deepseek_v3"},
+}
+
+
+def stamp() -> str:
+    import mlx_lm
+    import transformers
+
+    text = Path(__file__).read_bytes() + f"{transformers.__version__} {mlx_lm.__version__}".encode()
+    return hashlib.sha256(text).hexdigest()[:16]
+
+
+def write_tokenizer(out: Path) -> None:
+    """A word-level tokenizer over the vocabulary (mlx_lm.convert saves one beside the weights)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, VOCAB)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    fast.save_pretrained(out)
+
+
+def hf_model(model_type: str, fields: dict[str, Any]) -> Any:
+    """transformers' model of `model_type`, default config shrunk to SMALL, random BF16 weights (seeded)."""
+    import torch
+    import transformers
+
+    config = transformers.AutoConfig.for_model(model_type)
+    for key, value in {**SMALL, **fields}.items():
+        if hasattr(config, key) and (getattr(config, key) is not None or key in ALWAYS_SET or key in fields):
+            setattr(config, key, value)
+    if getattr(config, "layer_types", None) is not None:  # one layer of each kind
+        kinds = list(dict.fromkeys(config.layer_types))
+        config.layer_types = (kinds * config.num_hidden_layers)[: config.num_hidden_layers]
+    for key, value in (("pad_token_id", 0), ("bos_token_id", 1), ("eos_token_id", 2)):
+        if isinstance(getattr(config, key, None), int):
+            setattr(config, key, value)
+    config.dtype = torch.bfloat16
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    torch.manual_seed(0)
+    return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)](config).to(torch.bfloat16)
+
+
+def build_family(root: Path, model_type: str) -> Path:
+    """Return `root/model_type` with `hf/` and `mlx/` (built if missing or stale)."""
+    from mlx_lm.convert import convert
+
+    dst = root / model_type
+    current = stamp()
+    if (dst / ".stamp").is_file() and (dst / ".stamp").read_text() == current:
+        return dst
+    spec = FAMILIES[model_type]
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{model_type}-", dir=root))
+    hf_model(spec.get("like", model_type), spec.get("hf", {})).save_pretrained(tmp / "hf")
+    config_path = tmp / "hf" / "config.json"
+    config = json.loads(config_path.read_text())
+    config.setdefault("rope_theta", 10000.0)  # transformers 5 writes rope_parameters; mlx-lm reads rope_theta
+    config.update(spec.get("mlx", {}))
+    if "like" in spec:
+        config["model_type"] = model_type
+    config_path.write_text(json.dumps(config, indent=2))
+    write_tokenizer(tmp / "hf")
+    convert(str(tmp / "hf"), str(tmp / "mlx"), quantize=True, q_bits=4, q_group_size=32)
+    (tmp / ".stamp").write_text(current)
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)
+    return dst
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--families", nargs="+", default=sorted(FAMILIES), choices=sorted(FAMILIES))
+    args = parser.parse_args(argv)
+    for model_type in args.families:
+        print(build_family(args.out_dir, model_type), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
