@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 VOCAB = 512
-# sizes every family takes (where its config has the field); in-dimensions multiples of the group size
+# sizes every family takes (where its config has the field); in-dimensions multiples of the group size; more experts
+# than the loader's meta models build (moe.META_EXPERTS), so routers must be widened to pass
 SMALL: dict[str, Any] = dict(
     hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-    head_dim=16, vocab_size=VOCAB, max_position_embeddings=256, num_experts=4, num_local_experts=4,
-    n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=64,
+    head_dim=16, vocab_size=VOCAB, max_position_embeddings=256, num_experts=8, num_local_experts=8,
+    n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=64,
     n_shared_experts=1, first_k_dense_replace=1, n_group=1, topk_group=1, kv_lora_rank=32, q_lora_rank=32,
     qk_rope_head_dim=16, qk_nope_head_dim=16, v_head_dim=16, sliding_window=64,
 )
@@ -43,6 +44,12 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "glm4_moe": {"mlx": {"rope_scaling": None, "head_dim": 16}},
     "minimax_m2": {"mlx": {"shared_intermediate_size": 0, "rotary_dim": 16}},
     "kimi_k2": {"like": "deepseek_v3"},
+    "glm4_moe_lite": {"mlx": {"rope_scaling": None}},
+    "dots1": {"hf": {"moe_intermediate_size": 32, "n_routed_experts": 8, "n_shared_experts": 1,
+                     "first_k_dense_replace": 1}},
+    "afmoe": {},
+    "phimoe": {"hf": {"attention_bias": True, "lm_head_bias": True},
+               "mlx": {"architectures": ["PhiMoEForCausalLM"]}},  # the checkpoints' (and vLLM's) spelling
 }
 
 

@@ -53,7 +53,7 @@ def how(adapter) -> str:
     if isinstance(adapter, DenseAdapter):
         return "Hugging Face names (generic adapter)"
     if type(adapter) is StackedExpertsAdapter:
-        return f"experts stacked under `{adapter.block}.switch_mlp`, fed one by one"
+        return f"experts stacked under `{adapter.block}.{adapter.stack}`, fed one by one"
     return f"`{type(adapter).__name__}` (table above)"
 
 

@@ -67,8 +67,12 @@ def test_family_streams_the_hugging_face_checkpoint(family: Path) -> None:
     for name, tensor in exact.items():
         if name in quantized:
             assert torch.equal(tensor, dequantized_by_mlx(quantized[name], shards)), name
-            cosine = torch.nn.functional.cosine_similarity(tensor.float().flatten(), source[name].float().flatten(), 0)
-            assert cosine > 0.97, (name, float(cosine))
+            want = source[name].float()
+            if want.any():  # (transformers initialises some routers to zeros)
+                cosine = torch.nn.functional.cosine_similarity(tensor.float().flatten(), want.flatten(), 0)
+                assert cosine > 0.97, (name, float(cosine))
+            else:
+                assert not tensor.any(), name
         else:
             assert torch.equal(plain[name], source[name].float()), name
 

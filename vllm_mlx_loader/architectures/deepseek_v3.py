@@ -38,7 +38,11 @@ JOIN_KV_B = Inverse("kv_b_proj from embed_q and unembed_out", _joined, _joined_s
 
 
 class DeepseekV3Adapter(StackedExpertsAdapter):
-    families: ClassVar[dict[str, str]] = {"deepseek_v3": "DeepseekV3ForCausalLM", "kimi_k2": "DeepseekV3ForCausalLM"}
+    # GLM-4.7-Flash: mlx-lm's glm4_moe_lite splits kv_b_proj exactly as DeepSeek-V3's does
+    families: ClassVar[dict[str, str]] = {
+        "deepseek_v3": "DeepseekV3ForCausalLM", "kimi_k2": "DeepseekV3ForCausalLM",
+        "glm4_moe_lite": "Glm4MoeLiteForCausalLM",
+    }
     num_experts_key = "n_routed_experts"
 
     def weights(self, entries: Iterable[Entry], config: dict[str, Any], where: str) -> list[Weight]:

@@ -1,6 +1,7 @@
 """Decoder-only families whose MLX names and values are the Hugging Face checkpoint's: mlx-lm's `sanitize` for each
 drops at most a tied `lm_head`, rotary `inv_freq` buffers or multi-token-prediction layers. Which tensors each must
-hold comes from transformers' model, so a family is one line here, with its proof in tests/test_families.py. Qwen2's Linear `.bias` tensors sit beside the quantization `.biases`."""
+hold comes from transformers' model, so a family is one line here, with its proof in tests/test_families.py.
+Qwen2's Linear `.bias` tensors sit beside the quantization `.biases`."""
 
 from __future__ import annotations
 

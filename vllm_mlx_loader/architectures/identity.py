@@ -25,6 +25,8 @@ MLX_LM_ARCHITECTURE_REMAPPING = {("bailing_hybrid", "BailingMoeV3ForCausalLM"): 
 # model types transformers has no config for, built as the family their architecture belongs to (Kimi K2 is a
 # DeepSeek-V3 with other sizes; its checkpoints carry `DeepseekV3ForCausalLM`)
 TRANSFORMERS_MODEL_TYPE = {"kimi_k2": "deepseek_v3"}
+# architectures transformers spells otherwise (checkpoints and vLLM keep the original name)
+TRANSFORMERS_CLASS = {"PhiMoEForCausalLM": "PhimoeForCausalLM"}
 
 # why a model type mlx-lm writes is refused, where the reason is more than "not mapped yet"
 REFUSAL_REASONS = {

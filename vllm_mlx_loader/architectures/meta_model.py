@@ -22,7 +22,7 @@ import json
 from typing import Any
 
 from ..errors import MLXCheckpointError
-from .identity import TRANSFORMERS_MODEL_TYPE
+from .identity import TRANSFORMERS_CLASS, TRANSFORMERS_MODEL_TYPE
 
 NOT_MODEL_FIELDS = ("quantization", "quantization_config")
 MAX_SIZE = 1 << 24  # no dimension of a real model comes near
@@ -123,7 +123,7 @@ def build_model(
 
             model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(hf_config)]
         else:
-            model_class = getattr(transformers, arch)
+            model_class = getattr(transformers, TRANSFORMERS_CLASS.get(arch, arch))
         # on the meta device initialisation costs nothing, and transformers 5 leaves weights untied without it
         with torch.device(device), contextlib.nullcontext() if device == "meta" else _no_init_weights():
             return model_class(hf_config)

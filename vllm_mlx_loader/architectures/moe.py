@@ -22,7 +22,7 @@ MAX_EXPERT_MATRICES = 1 << 17
 # adapter names every expert itself), and transformers 4.x builds each expert as three modules
 META_EXPERTS = 4
 # a router's tensors, one row per expert (`e_score_correction_bias`: a buffer in transformers' model)
-ROUTER_TENSORS = (".gate.weight", ".e_score_correction_bias")
+ROUTER_TENSORS = (".gate.weight", ".e_score_correction_bias", ".expert_bias")
 
 
 class StackedExpertsAdapter(Adapter):
@@ -30,6 +30,9 @@ class StackedExpertsAdapter(Adapter):
     (`STACKED_EXPERT_FAMILIES`), not a file."""
 
     block = "mlp"  # the module holding the router (`gate`) and the experts
+    stack = "switch_mlp"  # where mlx-lm put the stacks, under the block
+    # names in the block transformers 5 gives otherwise than the checkpoints (and vLLM) do: its name -> theirs
+    renames: ClassVar[dict[str, str]] = {}
     num_experts_key = "num_experts"
     expert_size_key = "moe_intermediate_size"
     # switch_mlp projection -> the Hugging Face expert projection
@@ -65,13 +68,13 @@ class StackedExpertsAdapter(Adapter):
                     continue  # named below, expert by expert
                 rest = name[m.end():]
                 if rest.startswith("mlp."):  # transformers 5 names every block `mlp`; checkpoints keep theirs
-                    name = f"model.layers.{m.group(1)}.{self.block}.{rest[len('mlp.'):]}"
+                    rest = rest[len("mlp."):]
+                    name = f"model.layers.{m.group(1)}.{self.block}.{self.renames.get(rest, rest)}"
                 if name.endswith(ROUTER_TENSORS):  # one row per expert: widened from the meta model's few
                     shape = (experts, *shape[1:])
             expected[name] = shape
         for layer in sorted(moe_layers, key=int):
             prefix = f"model.layers.{layer}.{self.block}"
-            expected.setdefault(f"{prefix}.gate.weight", (experts, hidden))
             for e in range(experts):
                 for proj in self.expert_names.values():
                     shape = (hidden, inter) if proj == self.expert_names["down_proj"] else (inter, hidden)
@@ -79,7 +82,7 @@ class StackedExpertsAdapter(Adapter):
         return expected
 
     def weights(self, entries: Iterable[Entry], config: dict[str, Any], where: str) -> list[Weight]:
-        stack = re.compile(rf"(model\.layers\.\d+\.{re.escape(self.block)})\.switch_mlp\.(\w+)\.weight")
+        stack = re.compile(rf"(model\.layers\.\d+\.{re.escape(self.block)})\.{self.stack}\.(\w+)\.weight")
         out = []
         for entry in entries:
             m = stack.fullmatch(entry.name)
@@ -109,7 +112,11 @@ STACKED_EXPERT_FAMILIES = (
     StackedExpertsAdapter({"olmoe": "OlmoeForCausalLM"}, expert_size_key="intermediate_size"),
     StackedExpertsAdapter({"glm4_moe": "Glm4MoeForCausalLM"}, num_experts_key="n_routed_experts"),
     StackedExpertsAdapter(
-        {"minimax_m2": "MiniMaxM2ForCausalLM"}, block="block_sparse_moe", num_experts_key="num_local_experts",
-        expert_size_key="intermediate_size", expert_names={"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"},
+        {"minimax_m2": "MiniMaxM2ForCausalLM", "phimoe": "PhiMoEForCausalLM"}, block="block_sparse_moe",
+        num_experts_key="num_local_experts", expert_size_key="intermediate_size",
+        expert_names={"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}, renames={"router.weight": "gate.weight"},
     ),
+    # stacks straight under `mlp.experts` (no switch_mlp); Afmoe's router is `mlp.router.gate`
+    StackedExpertsAdapter({"dots1": "Dots1ForCausalLM"}, num_experts_key="n_routed_experts", stack="experts"),
+    StackedExpertsAdapter({"afmoe": "AfmoeForCausalLM"}, stack="experts"),
 )
