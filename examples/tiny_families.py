@@ -48,6 +48,12 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "dots1": {"hf": {"moe_intermediate_size": 32, "n_routed_experts": 8, "n_shared_experts": 1,
                      "first_k_dense_replace": 1}},
     "afmoe": {},
+    "mistral3": {"arch": "Mistral3ForConditionalGeneration", "vision": {
+        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "head_dim": 16,
+        "image_size": 28, "patch_size": 14}},
+    "qwen3_vl": {"arch": "Qwen3VLForConditionalGeneration", "vision": {
+        "depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
+        "deepstack_visual_indexes": [0]}},
     "phimoe": {"hf": {"attention_bias": True, "lm_head_bias": True},
                "mlx": {"architectures": ["PhiMoEForCausalLM"]}},  # the checkpoints' (and vLLM's) spelling
 }
@@ -73,12 +79,8 @@ def write_tokenizer(out: Path) -> None:
     fast.save_pretrained(out)
 
 
-def hf_model(model_type: str, fields: dict[str, Any]) -> Any:
-    """transformers' model of `model_type`, default config shrunk to SMALL, random BF16 weights (seeded)."""
-    import torch
-    import transformers
-
-    config = transformers.AutoConfig.for_model(model_type)
+def shrink(config: Any, fields: dict[str, Any]) -> None:
+    """`config` (a language model's) down to SMALL, with `fields` over it."""
     for key, value in {**SMALL, **fields}.items():
         if hasattr(config, key) and (getattr(config, key) is not None or key in ALWAYS_SET or key in fields):
             setattr(config, key, value)
@@ -88,11 +90,25 @@ def hf_model(model_type: str, fields: dict[str, Any]) -> Any:
     for key, value in (("pad_token_id", 0), ("bos_token_id", 1), ("eos_token_id", 2)):
         if isinstance(getattr(config, key, None), int):
             setattr(config, key, value)
-    config.dtype = torch.bfloat16
+
+
+def hf_model(model_type: str, spec: dict[str, Any]) -> Any:
+    """transformers' model of `model_type`, default config shrunk to SMALL, random BF16 weights (seeded); a
+    vision-language model (`arch`) with a one-layer vision tower (`vision`)."""
+    import torch
+    import transformers
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
+    config = transformers.AutoConfig.for_model(model_type)
+    shrink(config.get_text_config(), spec.get("hf", {}))
+    for key, value in spec.get("vision", {}).items():
+        setattr(config.vision_config, key, value)
+    if "arch" in spec:  # released vision-language models keep their own lm_head
+        config.tie_word_embeddings = config.get_text_config().tie_word_embeddings = False
+    config.dtype = torch.bfloat16
+    model_class = getattr(transformers, spec["arch"]) if "arch" in spec else MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
     torch.manual_seed(0)
-    return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)](config).to(torch.bfloat16)
+    return model_class(config).to(torch.bfloat16)
 
 
 def build_family(root: Path, model_type: str) -> Path:
@@ -106,11 +122,14 @@ def build_family(root: Path, model_type: str) -> Path:
     spec = FAMILIES[model_type]
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{model_type}-", dir=root))
-    hf_model(spec.get("like", model_type), spec.get("hf", {})).save_pretrained(tmp / "hf")
+    hf_model(spec.get("like", model_type), spec).save_pretrained(tmp / "hf")
     config_path = tmp / "hf" / "config.json"
     config = json.loads(config_path.read_text())
     config.setdefault("rope_theta", 10000.0)  # transformers 5 writes rope_parameters; mlx-lm reads rope_theta
     config.update(spec.get("mlx", {}))
+    if "text_config" in config:  # mlx-lm reads the language model's flags from it
+        config["text_config"].setdefault("tie_word_embeddings", config.get("tie_word_embeddings", False))
+        config["text_config"].setdefault("rope_theta", 10000.0)
     if "like" in spec:
         config["model_type"] = model_type
     config_path.write_text(json.dumps(config, indent=2))

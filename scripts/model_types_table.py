@@ -25,6 +25,7 @@ from vllm_mlx_loader.architectures.identity import (  # noqa: E402
     why_refused,
 )
 from vllm_mlx_loader.architectures.moe import StackedExpertsAdapter  # noqa: E402
+from vllm_mlx_loader.architectures.vision_language import LanguageModelOnlyAdapter  # noqa: E402
 
 START, END = "<!-- model-types:start -->", "<!-- model-types:end -->"
 # model types with a trained fixture (the architectures table above): what ran in vLLM, as CI runs it
@@ -52,6 +53,8 @@ def mlx_lm_model_types() -> list[str]:
 def how(adapter) -> str:
     if isinstance(adapter, DenseAdapter):
         return "Hugging Face names (generic adapter)"
+    if type(adapter) is LanguageModelOnlyAdapter:
+        return "the language model alone (`--language-model-only`); mlx-vlm's conversions too, vision tower skipped"
     if type(adapter) is StackedExpertsAdapter:
         return f"experts stacked under `{adapter.block}.{adapter.stack}`, fed one by one"
     return f"`{type(adapter).__name__}` (table above)"

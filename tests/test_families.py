@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tiny_families
 import torch
@@ -19,6 +20,7 @@ from safetensors.torch import load_file
 from vllm_mlx_loader.architectures import ADAPTERS, SERVED, adapter_for
 from vllm_mlx_loader.architectures.dense import DenseAdapter
 from vllm_mlx_loader.architectures.identity import MLX_LM_ARCHITECTURE_REMAPPING, MLX_LM_MODEL_REMAPPING
+from vllm_mlx_loader.architectures.vision_language import hf_name
 from vllm_mlx_loader.errors import MLXCheckpointError
 from vllm_mlx_loader.format import read_checkpoint
 from vllm_mlx_loader.weights import iter_dense_weights
@@ -27,6 +29,8 @@ mx = pytest.importorskip("mlx.core")
 
 FAMILY_ROOT = REPO / ".cache" / "families"
 # model types with a fixture of their own in tests/test_architectures.py (trained, compared in vLLM too)
+VISION = ("vision_tower.", "multi_modal_projector.", "model.visual.", "model.vision_tower.",
+          "model.multi_modal_projector.")
 TRAINED = {"qwen3_moe", "mixtral", "qwen3_next", "qwen3_5", "gemma3", "deepseek_v3", "gpt_oss"}
 
 
@@ -54,7 +58,9 @@ def test_family_streams_the_hugging_face_checkpoint(family: Path) -> None:
     config = json.loads((family / "mlx" / "config.json").read_text())
     ckpt = read_checkpoint(family / "mlx")
     assert adapter_for(config, "config.json") is SERVED[config["model_type"], ckpt.architecture]
+    # a vision-language model's language model, under transformers' names (the vision tower mlx-lm dropped)
     source = load_file(family / "hf" / "model.safetensors")
+    source = {hf_name(n): t for n, t in source.items() if not n.startswith(VISION)}
     shards = {}
     for shard in ckpt.shards:
         shards.update(mx.load(str(shard)))
@@ -128,3 +134,32 @@ def test_readme_lists_every_model_type_as_the_code_serves_it() -> None:
     readme = (REPO / "README.md").read_text()
     assert script.readme_with_table(readme) == readme, "run scripts/model_types_table.py --write"
     assert len(script.mlx_lm_model_types()) == 138
+
+
+MLX_VLM = REPO / "tests" / "data" / "mlx_vlm_mistral3"  # the real mlx-vlm's output, vision tower kept (README there)
+
+
+def test_an_mlx_vlm_conversion_serves_its_language_model(caplog) -> None:
+    with caplog.at_level("INFO", logger="vllm.mlx_loader"):
+        ckpt = read_checkpoint(MLX_VLM)
+    assert "skipping 15 vision-tower tensors (an mlx-vlm conversion)" in caplog.text
+    assert adapter_for(ckpt.config, "config.json").text_only
+    shards = mx.load(str(ckpt.shards[0]))
+    exact = dict(iter_dense_weights(ckpt, "cpu", torch.bfloat16, rounding="mlx_cpu"))
+    stored = {hf_name(n[: -len(".scales")] + ".weight") for n in shards if n.endswith(".scales")}
+    stored |= {hf_name(n) for n in shards if not n.endswith((".scales", ".biases")) and not n.startswith(VISION)}
+    assert set(exact) == stored and not any(n.startswith(VISION) for n in exact)
+    for weight in ckpt.weights:
+        assert torch.equal(exact[weight.name], dequantized_by_mlx(weight, shards)), weight.name
+
+
+def test_a_vision_tower_beside_a_text_model_is_refused(tmp_path) -> None:
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "ckpt"
+    shutil.copytree(tiny_families.build_family(FAMILY_ROOT, "qwen3") / "mlx", path)
+    (path / "model.safetensors.index.json").unlink(missing_ok=True)
+    save_file({"vision_tower.patch_conv.weight": np.zeros((4, 4), np.float32)}, str(path / "model-vision.safetensors"))
+    with pytest.raises(MLXCheckpointError, match=r"vision_tower.patch_conv.weight.*belongs to a vision tower "
+                       r"\(mlx-vlm keeps it\)"):
+        read_checkpoint(path)

@@ -16,6 +16,7 @@ from typing import Any
 from safetensors import safe_open
 
 from .architectures import Weight, adapter_for
+from .architectures.vision_language import VISION_TOWER
 from .errors import MLXCheckpointError
 from .files import MAX_INDEX_BYTES, check_inside, read_config, read_json
 from .stored import (
@@ -233,6 +234,7 @@ def read_checkpoint(directory: str | Path) -> MLXCheckpoint:
                 tensors[f"{prefix}.scales"].where(), f"has no packed {prefix}.weight beside it.",
                 "The checkpoint is incomplete: re-download or re-convert it.",
             )
+    entries = _language_model_entries(entries, adapter.text_only, str(directory))
     weights = adapter.weights(entries, config, config_where)
     for weight in weights:
         _check_dense_shape(weight, expected)
@@ -247,6 +249,25 @@ def read_checkpoint(directory: str | Path) -> MLXCheckpoint:
     # stream (vLLM's loading loop, our generator) still holds one while the next is made, so keep them apart.
     weights.sort(key=lambda w: w.name.startswith("lm_head."))
     return MLXCheckpoint(directory, config, config["architectures"][0], shards, tuple(entries), tuple(weights))
+
+
+def _language_model_entries(entries: list[Entry], text_only: bool, where: str) -> list[Entry]:
+    """mlx-vlm's conversions keep the vision tower (mlx-lm's drop it): for a family served as its language model
+    alone the tower is skipped, never read; for any other it is refused by name."""
+    tower = [e for e in entries if e.name.startswith(VISION_TOWER)]
+    if tower and not text_only:
+        raise MLXCheckpointError(
+            _entry_where(tower[0]), "belongs to a vision tower (mlx-vlm keeps it), which this family's model has not.",
+            "Serve a conversion by mlx_lm.convert, which keeps the language model alone.",
+        )
+    if tower:
+        logger.info("%s: skipping %d vision-tower tensors (an mlx-vlm conversion); serving the language model",
+                    where, len(tower))
+    return [e for e in entries if not e.name.startswith(VISION_TOWER)]
+
+
+def _entry_where(entry: Entry) -> str:
+    return (entry.weight if isinstance(entry, QuantizedModule) else entry).where()
 
 
 def _missing_shard_hint(directory: Path) -> str:

@@ -20,11 +20,12 @@ from .moe import STACKED_EXPERT_FAMILIES
 from .qwen3_5 import Qwen3_5Adapter
 from .qwen3_moe import Qwen3MoeAdapter
 from .qwen3_next import Qwen3NextAdapter
-from .vision_language import Gemma3VisionLanguageAdapter
+from .vision_language import LANGUAGE_MODEL_ONLY_FAMILIES, Gemma3VisionLanguageAdapter
 
 ADAPTERS: tuple[Adapter, ...] = (
     DenseAdapter(), Qwen3MoeAdapter(), MixtralAdapter(), Qwen3NextAdapter(), Qwen3_5Adapter(),
     Gemma3VisionLanguageAdapter(), DeepseekV3Adapter(), GptOssAdapter(), *STACKED_EXPERT_FAMILIES,
+    *LANGUAGE_MODEL_ONLY_FAMILIES,
 )
 # (model type, architecture) -> its adapter: the allowlist
 SERVED: dict[tuple[str, str], Adapter] = {pair: a for a in ADAPTERS for pair in a.families.items()}

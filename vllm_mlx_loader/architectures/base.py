@@ -86,6 +86,11 @@ class Adapter:
     # that from the text config (`meta_model.build_model(text_only=True)`), never the vision tower
     text_only: ClassVar[bool] = False
 
+    def __init__(self, families: dict[str, str] | None = None) -> None:
+        """An adapter serving `families` (default: the class's own)."""
+        if families is not None:
+            self.families = families
+
     def expected_weights(self, config: dict[str, Any], where: str) -> dict[str, tuple[int, ...]]:
         """Every dense weight the checkpoint must hold, with its shape: the parameters of transformers' own
         model for this config, built on the meta device (no memory, no hand-written table)."""

@@ -119,9 +119,7 @@ def build_model(
     arch = config["architectures"][0]
     try:
         if text_only:
-            from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
-
-            model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(hf_config)]
+            model_class = _causal_lm_class(hf_config)
         else:
             model_class = getattr(transformers, TRANSFORMERS_CLASS.get(arch, arch))
         # on the meta device initialisation costs nothing, and transformers 5 leaves weights untied without it
@@ -132,6 +130,27 @@ def build_model(
             where, f"transformers {transformers.__version__} cannot build {arch} from it ({_brief(e)}).",
             "Check config.json against the model's original one.",
         ) from None
+
+
+def _causal_lm_class(text_config: Any) -> Any:
+    """transformers' causal language model for a text config; where it has only the base model (Qwen3-VL's text
+    model), that model with a head, named as a causal language model is (`model.*`, `lm_head.weight`)."""
+    import torch
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
+
+    if type(text_config) in MODEL_FOR_CAUSAL_LM_MAPPING:
+        return MODEL_FOR_CAUSAL_LM_MAPPING[type(text_config)]
+    base = MODEL_MAPPING[type(text_config)]
+
+    class WithHead(torch.nn.Module):
+        def __init__(self, config: Any) -> None:
+            super().__init__()
+            self.model = base(config)
+            self.lm_head = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            if config.tie_word_embeddings:
+                self.lm_head.weight = self.model.get_input_embeddings().weight
+
+    return WithHead
 
 
 def language_model_name(name: str) -> str:

@@ -38,9 +38,8 @@ class StackedExpertsAdapter(Adapter):
     # switch_mlp projection -> the Hugging Face expert projection
     expert_names: ClassVar[dict[str, str]] = {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"}
 
-    def __init__(self, families: dict[str, str] | None = None, **names: str) -> None:
-        if families is not None:
-            self.families = families
+    def __init__(self, families: dict[str, str] | None = None, **names: Any) -> None:
+        super().__init__(families)
         for key, value in names.items():
             if not hasattr(type(self), key):
                 raise TypeError(f"{type(self).__name__} has no setting {key!r}")

@@ -1,4 +1,5 @@
-"""Vision-language models whose MLX checkpoints hold only the language model (Gemma 3 4B-27B, Qwen3.5).
+"""Vision-language models whose MLX checkpoints hold only the language model (Gemma 3 4B-27B, Qwen3.5, Mistral 3,
+Qwen3-VL).
 
 mlx-lm wraps the text model as `language_model` and drops the vision tower and projector: it stores
 `language_model.model.*` and `language_model.lm_head.weight` where transformers 5 names the parameters
@@ -18,6 +19,11 @@ from ..stored import Entry
 from .base import Adapter, Weight
 
 RENAMES = (("language_model.model.", "model.language_model."), ("language_model.lm_head.", "lm_head."))
+# a vision tower and its projector, as mlx-vlm stores them (mlx-lm drops them) and as transformers names them
+VISION_TOWER = (
+    "vision_tower.", "vision_model.", "visual.", "multi_modal_projector.", "model.visual.", "model.vision_tower.",
+    "model.multi_modal_projector.",
+)
 
 
 class LanguageModelOnlyAdapter(Adapter):
@@ -47,3 +53,12 @@ def hf_name(name: str) -> str:
 
 class Gemma3VisionLanguageAdapter(LanguageModelOnlyAdapter):
     families: ClassVar[dict[str, str]] = {"gemma3": "Gemma3ForConditionalGeneration"}
+
+
+# mlx-lm's Mistral 3 (Devstral, Magistral, Mistral Small 3.x, Ministral 3; `llava` is converted by the same module)
+# and Qwen3-VL wrappers: the language model's names and values as they are, under `language_model.`
+LANGUAGE_MODEL_ONLY_FAMILIES = (
+    LanguageModelOnlyAdapter({
+        "mistral3": "Mistral3ForConditionalGeneration", "qwen3_vl": "Qwen3VLForConditionalGeneration",
+    }),
+)
