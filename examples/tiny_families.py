@@ -31,6 +31,8 @@ SMALL: dict[str, Any] = dict(
     qk_rope_head_dim=16, qk_nope_head_dim=16, v_head_dim=16, sliding_window=64,
 )
 ALWAYS_SET = ("head_dim", "num_key_value_heads")  # some configs leave them None, which transformers cannot build
+QWEN_VISION = {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
+               "deepstack_visual_indexes": [0]}
 # per model type: fields for transformers' config (`hf`), fields mlx-lm needs that transformers 5 does not write
 # (`mlx`), the model type of the checkpoint built instead (`like`: Kimi K2 is a DeepSeek-V3 under another name)
 FAMILIES: dict[str, dict[str, Any]] = {
@@ -51,9 +53,16 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "mistral3": {"arch": "Mistral3ForConditionalGeneration", "vision": {
         "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "head_dim": 16,
         "image_size": 28, "patch_size": 14}},
-    "qwen3_vl": {"arch": "Qwen3VLForConditionalGeneration", "vision": {
-        "depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
-        "deepstack_visual_indexes": [0]}},
+    "qwen3_vl": {"arch": "Qwen3VLForConditionalGeneration", "vision": QWEN_VISION},
+    "qwen3_5_moe": {"arch": "Qwen3_5MoeForConditionalGeneration", "vision": QWEN_VISION, "hf": {
+        "linear_num_value_heads": 2, "linear_num_key_heads": 1, "linear_key_head_dim": 32, "linear_value_head_dim": 32,
+        "moe_intermediate_size": 64,  # 2 * inter unlike hidden: a transposed join cannot pass
+    }, "mlx_text": {"full_attention_interval": 2}, "fused": True},
+    # Qwen3-VL-MoE's checkpoints hold gate_up_proj as [experts, hidden, 2 * inter], down_proj [experts, inter, hidden]
+    "qwen3_vl_moe": {"arch": "Qwen3VLMoeForConditionalGeneration", "vision": QWEN_VISION, "fused": True,
+                     "hf": {"moe_intermediate_size": 64},
+                     "transposed": ("experts.gate_up_proj", "experts.down_proj"),
+                     "mlx_text": {"num_experts": 8, "norm_topk_prob": True}},
     "phimoe": {"hf": {"attention_bias": True, "lm_head_bias": True},
                "mlx": {"architectures": ["PhiMoEForCausalLM"]}},  # the checkpoints' (and vLLM's) spelling
 }
@@ -113,8 +122,6 @@ def hf_model(model_type: str, spec: dict[str, Any]) -> Any:
 
 def build_family(root: Path, model_type: str) -> Path:
     """Return `root/model_type` with `hf/` and `mlx/` (built if missing or stale)."""
-    from mlx_lm.convert import convert
-
     dst = root / model_type
     current = stamp()
     if (dst / ".stamp").is_file() and (dst / ".stamp").read_text() == current:
@@ -122,7 +129,30 @@ def build_family(root: Path, model_type: str) -> Path:
     spec = FAMILIES[model_type]
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{model_type}-", dir=root))
-    hf_model(spec.get("like", model_type), spec).save_pretrained(tmp / "hf")
+    try:
+        _build(tmp, model_type, spec)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    (tmp / ".stamp").write_text(current)
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)
+    return dst
+
+
+def _build(tmp: Path, model_type: str, spec: dict[str, Any]) -> None:
+    from mlx_lm.convert import convert
+
+    # `fused`: the released checkpoints hold experts as transformers' fused 3-D parameters, not per expert
+    hf_model(spec.get("like", model_type), spec).save_pretrained(tmp / "hf", save_original_format=not spec.get("fused"))
+    if "transposed" in spec:  # the released layout, which transformers' own save does not restore
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(tmp / "hf" / "model.safetensors")
+        tensors = {n: t.transpose(-1, -2).contiguous() if n.endswith(spec["transposed"]) else t
+                   for n, t in tensors.items()}
+        save_file(tensors, tmp / "hf" / "model.safetensors", metadata={"format": "pt"})
     config_path = tmp / "hf" / "config.json"
     config = json.loads(config_path.read_text())
     config.setdefault("rope_theta", 10000.0)  # transformers 5 writes rope_parameters; mlx-lm reads rope_theta
@@ -130,16 +160,12 @@ def build_family(root: Path, model_type: str) -> Path:
     if "text_config" in config:  # mlx-lm reads the language model's flags from it
         config["text_config"].setdefault("tie_word_embeddings", config.get("tie_word_embeddings", False))
         config["text_config"].setdefault("rope_theta", 10000.0)
+        config["text_config"].update(spec.get("mlx_text", {}))
     if "like" in spec:
         config["model_type"] = model_type
     config_path.write_text(json.dumps(config, indent=2))
     write_tokenizer(tmp / "hf")
     convert(str(tmp / "hf"), str(tmp / "mlx"), quantize=True, q_bits=4, q_group_size=32)
-    (tmp / ".stamp").write_text(current)
-    if dst.exists():
-        shutil.rmtree(dst)
-    os.replace(tmp, dst)
-    return dst
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,7 +57,7 @@ def how(adapter) -> str:
         return "the language model alone (`--language-model-only`); mlx-vlm's conversions too, vision tower skipped"
     if type(adapter) is StackedExpertsAdapter:
         return f"experts stacked under `{adapter.block}.{adapter.stack}`, fed one by one"
-    return f"`{type(adapter).__name__}` (table above)"
+    return f"its own adapter, `{type(adapter).__module__.replace('.', '/').removeprefix('vllm_mlx_loader/')}.py`"
 
 
 def proof(model_type: str) -> str:

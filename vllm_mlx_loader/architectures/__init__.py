@@ -17,15 +17,16 @@ from .gpt_oss import GptOssAdapter
 from .identity import identity, refusal
 from .mixtral import MixtralAdapter
 from .moe import STACKED_EXPERT_FAMILIES
-from .qwen3_5 import Qwen3_5Adapter
+from .qwen3_5 import Qwen3_5Adapter, Qwen3_5MoeAdapter
 from .qwen3_moe import Qwen3MoeAdapter
 from .qwen3_next import Qwen3NextAdapter
+from .qwen3_vl_moe import Qwen3VLMoeAdapter
 from .vision_language import LANGUAGE_MODEL_ONLY_FAMILIES, Gemma3VisionLanguageAdapter
 
 ADAPTERS: tuple[Adapter, ...] = (
     DenseAdapter(), Qwen3MoeAdapter(), MixtralAdapter(), Qwen3NextAdapter(), Qwen3_5Adapter(),
     Gemma3VisionLanguageAdapter(), DeepseekV3Adapter(), GptOssAdapter(), *STACKED_EXPERT_FAMILIES,
-    *LANGUAGE_MODEL_ONLY_FAMILIES,
+    *LANGUAGE_MODEL_ONLY_FAMILIES, Qwen3_5MoeAdapter(), Qwen3VLMoeAdapter(),
 )
 # (model type, architecture) -> its adapter: the allowlist
 SERVED: dict[tuple[str, str], Adapter] = {pair: a for a in ADAPTERS for pair in a.families.items()}
