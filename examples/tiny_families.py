@@ -33,6 +33,9 @@ SMALL: dict[str, Any] = dict(
 ALWAYS_SET = ("head_dim", "num_key_value_heads")  # some configs leave them None, which transformers cannot build
 QWEN_VISION = {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
                "deepstack_visual_indexes": [0]}
+GEMMA4 = {"num_hidden_layers": 3, "num_kv_shared_layers": 1, "per_layer_config": {}, "enable_moe_block": True,
+          "vocab_size_per_layer_input": VOCAB, "hidden_size_per_layer_input": 16, "num_experts": 8, "top_k_experts": 2,
+          "moe_intermediate_size": 64}
 # per model type: fields for transformers' config (`hf`), fields mlx-lm needs that transformers 5 does not write
 # (`mlx`), the model type of the checkpoint built instead (`like`: Kimi K2 is a DeepSeek-V3 under another name)
 FAMILIES: dict[str, dict[str, Any]] = {
@@ -63,6 +66,13 @@ FAMILIES: dict[str, dict[str, Any]] = {
                      "hf": {"moe_intermediate_size": 64},
                      "transposed": ("experts.gate_up_proj", "experts.down_proj"),
                      "mlx_text": {"num_experts": 8, "norm_topk_prob": True}},
+    "lfm2": {}, "lfm2_moe": {}, "apertus": {"mlx": {"mlp_bias": False, "post_norm": False, "qk_norm": True}},
+    "nemotron_h": {}, "granitemoehybrid": {}, "granitemoe": {}, "laguna": {}, "exaone_moe": {},
+    # the mixture-of-experts model (26B-A4B's layout) with a KV-shared layer (E2B/E4B's)
+    "gemma4_text": {"hf": GEMMA4, "fused": True, "mlx": {"global_head_dim": 16}},
+    "gemma4": {"arch": "Gemma4ForConditionalGeneration", "hf": GEMMA4, "fused": True, "tied": True,
+               "towers": ("vision_config", "audio_config"), "mlx": {"vocab_size": VOCAB},
+               "mlx_text": {"global_head_dim": 16}},
     "phimoe": {"hf": {"attention_bias": True, "lm_head_bias": True},
                "mlx": {"architectures": ["PhiMoEForCausalLM"]}},  # the checkpoints' (and vLLM's) spelling
 }
@@ -88,17 +98,21 @@ def write_tokenizer(out: Path) -> None:
     fast.save_pretrained(out)
 
 
-def shrink(config: Any, fields: dict[str, Any]) -> None:
-    """`config` (a language model's) down to SMALL, with `fields` over it."""
-    for key, value in {**SMALL, **fields}.items():
-        if hasattr(config, key) and (getattr(config, key) is not None or key in ALWAYS_SET or key in fields):
-            setattr(config, key, value)
-    if getattr(config, "layer_types", None) is not None:  # one layer of each kind
-        kinds = list(dict.fromkeys(config.layer_types))
-        config.layer_types = (kinds * config.num_hidden_layers)[: config.num_hidden_layers]
+def small_fields(config: Any, fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields that make `config` (a language model's, at its defaults) SMALL, with `fields` over them; per-layer
+    lists cut to the new depth (one layer of each kind)."""
+    defaults = config.to_dict()
+    out = {k: v for k, v in {**SMALL, **fields}.items()
+           if k in defaults and (defaults[k] is not None or k in ALWAYS_SET or k in fields)}
+    layers = out.get("num_hidden_layers", defaults.get("num_hidden_layers"))
+    for key, value in defaults.items():
+        if key not in fields and isinstance(value, list) and len(value) == defaults.get("num_hidden_layers"):
+            kinds = list(dict.fromkeys(value)) if all(isinstance(v, str) for v in value) else value
+            out[key] = (kinds * layers)[:layers]
     for key, value in (("pad_token_id", 0), ("bos_token_id", 1), ("eos_token_id", 2)):
-        if isinstance(getattr(config, key, None), int):
-            setattr(config, key, value)
+        if isinstance(defaults.get(key), int):
+            out[key] = value
+    return out
 
 
 def hf_model(model_type: str, spec: dict[str, Any]) -> Any:
@@ -109,10 +123,17 @@ def hf_model(model_type: str, spec: dict[str, Any]) -> Any:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     config = transformers.AutoConfig.for_model(model_type)
-    shrink(config.get_text_config(), spec.get("hf", {}))
-    for key, value in spec.get("vision", {}).items():
-        setattr(config.vision_config, key, value)
-    if "arch" in spec:  # released vision-language models keep their own lm_head
+    if "arch" in spec:  # a composite config: its language model's and vision tower's, field by field
+        text = config.get_text_config()
+        for key, value in small_fields(text, spec.get("hf", {})).items():
+            setattr(text, key, value)
+        for key, value in spec.get("vision", {}).items():
+            setattr(config.vision_config, key, value)
+        for tower in spec.get("towers", ()):  # none at all (mlx-lm drops them)
+            setattr(config, tower, None)
+    else:  # at once, so that configs checking their fields together see them together
+        config = transformers.AutoConfig.for_model(model_type, **small_fields(config, spec.get("hf", {})))
+    if "arch" in spec and not spec.get("tied"):  # most released vision-language models keep their own lm_head
         config.tie_word_embeddings = config.get_text_config().tie_word_embeddings = False
     config.dtype = torch.bfloat16
     model_class = getattr(transformers, spec["arch"]) if "arch" in spec else MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]

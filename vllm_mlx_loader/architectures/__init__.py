@@ -13,6 +13,7 @@ from typing import Any
 from .base import Adapter, Weight
 from .deepseek_v3 import DeepseekV3Adapter
 from .dense import DenseAdapter
+from .gemma4 import Gemma4Adapter, Gemma4TextAdapter
 from .gpt_oss import GptOssAdapter
 from .identity import identity, refusal
 from .mixtral import MixtralAdapter
@@ -26,7 +27,7 @@ from .vision_language import LANGUAGE_MODEL_ONLY_FAMILIES, Gemma3VisionLanguageA
 ADAPTERS: tuple[Adapter, ...] = (
     DenseAdapter(), Qwen3MoeAdapter(), MixtralAdapter(), Qwen3NextAdapter(), Qwen3_5Adapter(),
     Gemma3VisionLanguageAdapter(), DeepseekV3Adapter(), GptOssAdapter(), *STACKED_EXPERT_FAMILIES,
-    *LANGUAGE_MODEL_ONLY_FAMILIES, Qwen3_5MoeAdapter(), Qwen3VLMoeAdapter(),
+    *LANGUAGE_MODEL_ONLY_FAMILIES, Qwen3_5MoeAdapter(), Qwen3VLMoeAdapter(), Gemma4TextAdapter(), Gemma4Adapter(),
 )
 # (model type, architecture) -> its adapter: the allowlist
 SERVED: dict[tuple[str, str], Adapter] = {pair: a for a in ADAPTERS for pair in a.families.items()}

@@ -87,13 +87,27 @@ def build_config(config: dict[str, Any], where: str) -> Any:
 def check_sizes(hf_config: Any, where: str) -> None:
     """Refuse sizes no model has before anything is built from them."""
     for key in REQUIRED_SIZES:
-        positive_int(getattr(hf_config, key, None), key, where)
+        positive_int(config_field(hf_config, key), key, where)
     for key in OPTIONAL_SIZES:
-        if getattr(hf_config, key, None) is not None:
-            positive_int(getattr(hf_config, key), key, where)
+        if config_field(hf_config, key) is not None:
+            positive_int(config_field(hf_config, key), key, where)
+    per_layer = hf_config.to_dict().get("per_layer_config") if hasattr(hf_config, "per_layer_config") else None
+    for layer in per_layer.values() if isinstance(per_layer, dict) else ():  # Gemma 4's sizes that vary by layer
+        for key in OPTIONAL_SIZES:
+            if isinstance(layer, dict) and layer.get(key) is not None:
+                positive_int(layer[key], key, where)
     tied = getattr(hf_config, "tie_word_embeddings", False)
     if not isinstance(tied, bool):
         raise MLXCheckpointError(where, f"tie_word_embeddings must be true or false, found {tied!r}.")
+
+
+def config_field(hf_config: Any, key: str) -> Any:
+    """A field of transformers' config, or None; the global value of one that may vary per layer (Gemma 4's
+    `head_dim`, which transformers refuses to read globally): its per-layer values are checked beside it."""
+    try:
+        return getattr(hf_config, key, None)
+    except Exception:  # transformers' AmbiguousGlobalPerLayerAttributeError
+        return vars(hf_config).get(key)
 
 
 def language_model_config(hf_config: Any) -> Any:

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from ..errors import MLXCheckpointError
 from ..stored import Entry
 from .base import Adapter, Weight
-from .meta_model import build_config, model_shapes, positive_int
+from .meta_model import build_config, config_field, model_shapes, positive_int
 
 _LAYER = re.compile(r"model\.layers\.(\d+)\.")
 MAX_EXPERTS = 4096  # the most a served family has is 512 (Qwen3-Next)
@@ -47,8 +47,8 @@ class StackedExpertsAdapter(Adapter):
 
     def expected_weights(self, config: dict[str, Any], where: str) -> dict[str, tuple[int, ...]]:
         hf_config = build_config(config, where)
-        experts = positive_int(getattr(hf_config, self.num_experts_key, None), self.num_experts_key, where, MAX_EXPERTS)
-        inter = positive_int(getattr(hf_config, self.expert_size_key, None), self.expert_size_key, where)
+        experts = positive_int(config_field(hf_config, self.num_experts_key), self.num_experts_key, where, MAX_EXPERTS)
+        inter = positive_int(config_field(hf_config, self.expert_size_key), self.expert_size_key, where)
         shapes = model_shapes(config, where, overrides={self.num_experts_key: min(experts, META_EXPERTS)})
         hidden = hf_config.hidden_size  # checked by model_shapes
         # transformers 4.x lists experts one by one, 5.x as fused 3-D parameters: only which layers have
