@@ -67,7 +67,8 @@ FAMILIES: dict[str, dict[str, Any]] = {
                      "transposed": ("experts.gate_up_proj", "experts.down_proj"),
                      "mlx_text": {"num_experts": 8, "norm_topk_prob": True}},
     "lfm2": {}, "lfm2_moe": {}, "apertus": {"mlx": {"mlp_bias": False, "post_norm": False, "qk_norm": True}},
-    "nemotron_h": {}, "granitemoehybrid": {}, "granitemoe": {}, "laguna": {}, "exaone_moe": {},
+    "nemotron_h": {}, "granitemoehybrid": {}, "granitemoe": {}, "laguna": {},
+    "exaone_moe": {"mlx": {"head_dim": 16, "is_moe_layer": [False, True]}},
     # the mixture-of-experts model (26B-A4B's layout) with a KV-shared layer (E2B/E4B's)
     "gemma4_text": {"hf": GEMMA4, "fused": True, "mlx": {"global_head_dim": 16}},
     "gemma4": {"arch": "Gemma4ForConditionalGeneration", "hf": GEMMA4, "fused": True, "tied": True,

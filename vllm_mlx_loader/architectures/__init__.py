@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from .apertus import ApertusAdapter
 from .base import Adapter, Weight
 from .deepseek_v3 import DeepseekV3Adapter
 from .dense import DenseAdapter
 from .gemma4 import Gemma4Adapter, Gemma4TextAdapter
 from .gpt_oss import GptOssAdapter
+from .granitemoe import GraniteMoeAdapter
 from .identity import identity, refusal
 from .mixtral import MixtralAdapter
 from .moe import STACKED_EXPERT_FAMILIES
+from .nemotron_h import NemotronHAdapter
 from .qwen3_5 import Qwen3_5Adapter, Qwen3_5MoeAdapter
 from .qwen3_moe import Qwen3MoeAdapter
 from .qwen3_next import Qwen3NextAdapter
@@ -28,6 +31,7 @@ ADAPTERS: tuple[Adapter, ...] = (
     DenseAdapter(), Qwen3MoeAdapter(), MixtralAdapter(), Qwen3NextAdapter(), Qwen3_5Adapter(),
     Gemma3VisionLanguageAdapter(), DeepseekV3Adapter(), GptOssAdapter(), *STACKED_EXPERT_FAMILIES,
     *LANGUAGE_MODEL_ONLY_FAMILIES, Qwen3_5MoeAdapter(), Qwen3VLMoeAdapter(), Gemma4TextAdapter(), Gemma4Adapter(),
+    NemotronHAdapter(), ApertusAdapter(), GraniteMoeAdapter(),
 )
 # (model type, architecture) -> its adapter: the allowlist
 SERVED: dict[tuple[str, str], Adapter] = {pair: a for a in ADAPTERS for pair in a.families.items()}

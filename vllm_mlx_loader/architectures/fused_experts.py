@@ -2,10 +2,11 @@
 
 Qwen3.5/3.6-MoE store `mlp.experts.gate_up_proj` `[experts, 2 * inter, hidden]` (gate rows, then up rows) and
 `mlp.experts.down_proj` `[experts, hidden, inter]`; mlx-lm's `sanitize` cuts `gate_up_proj` at the middle of its rows
-into `mlp.switch_mlp.gate_proj` / `up_proj` and renames `down_proj` to `mlp.switch_mlp.down_proj`. Qwen3-VL-MoE's
-checkpoints hold the transposes (`[experts, hidden, 2 * inter]`, `[experts, inter, hidden]`), which mlx-lm cuts on
-the last axis and swaps back. The inverse dequantizes both halves, joins them (and transposes back where the
-checkpoints are transposed): whole stacks, as vLLM's loaders for these families take them and slice them themselves.
+into `mlp.switch_mlp.gate_proj` / `up_proj` and renames `down_proj` to `mlp.switch_mlp.down_proj` (Gemma 4: under
+`experts.switch_glu`; Granite-MoE: `block_sparse_moe.input_linear` / `output_linear`). Qwen3-VL-MoE's checkpoints
+hold the transposes (`[experts, hidden, 2 * inter]`, `[experts, inter, hidden]`), which mlx-lm cuts on the last axis
+and swaps back. The inverse dequantizes both halves, joins them (and transposes back where the checkpoints are
+transposed): whole stacks, as vLLM's loaders for these families take them and slice them themselves.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class FusedExperts:
     stack: str = "mlp.switch_mlp"
     experts: str = "mlp.experts"
     transposed: bool = False  # the checkpoints hold [experts, in, out] (Qwen3-VL-MoE)
+    gate_up: str = "gate_up_proj"  # the fused parameters' names under `experts`
+    down: str = "down_proj"
 
     def join(self, weights: list[Weight]) -> list[Weight]:
         """`weights` with each layer's stacked halves joined into the fused Hugging Face parameters."""
@@ -58,7 +61,7 @@ class FusedExperts:
             fused = f"{prefix}.{self.experts}"
             if proj == "down_proj":
                 out.append(dataclasses.replace(
-                    w, name=f"{fused}.down_proj", inverse=DOWN_TRANSPOSED if self.transposed else None))
+                    w, name=f"{fused}.{self.down}", inverse=DOWN_TRANSPOSED if self.transposed else None))
             elif proj == "gate_proj":
                 up = parts.get((prefix, "up_proj"))
                 if up is None:
@@ -70,7 +73,7 @@ class FusedExperts:
                         "The checkpoint is damaged: re-download or re-convert it.",
                     )
                 inverse = JOIN_TRANSPOSED if self.transposed else JOIN
-                out.append(dataclasses.replace(w, name=f"{fused}.gate_up_proj", inverse=inverse, others=(up,)))
+                out.append(dataclasses.replace(w, name=f"{fused}.{self.gate_up}", inverse=inverse, others=(up,)))
             elif (prefix, "gate_proj") not in parts:
                 raise missing_partner(w, f"{prefix}.{self.stack}.gate_proj.weight", _HALVES)
         return out
@@ -79,7 +82,7 @@ class FusedExperts:
         """transformers' parameter shapes as the checkpoints hold them (transposed where they are)."""
         if not self.transposed:
             return expected
-        fused = (f".{self.experts}.gate_up_proj", f".{self.experts}.down_proj")
+        fused = (f".{self.experts}.{self.gate_up}", f".{self.experts}.{self.down}")
         return {n: (s[0], s[2], s[1]) if n.endswith(fused) and len(s) == 3 else s for n, s in expected.items()}
 
 

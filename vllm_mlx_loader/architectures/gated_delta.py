@@ -17,6 +17,7 @@ import dataclasses
 from collections.abc import Iterable
 
 from .base import Inverse, Weight
+from .conv import CONV1D_TO_TORCH, in_mlx_layout
 
 NORM_SUFFIXES = (
     ".input_layernorm.weight", ".post_attention_layernorm.weight", "model.norm.weight", ".q_norm.weight",
@@ -24,14 +25,11 @@ NORM_SUFFIXES = (
 )
 
 MINUS_ONE = Inverse("norm weight - 1", lambda t: (t.float() - 1.0).to(t.dtype))
-CONV1D_TO_TORCH = Inverse(
-    "conv1d [C, K, 1] -> [C, 1, K]", lambda t: t.movedim(1, 2).contiguous(), lambda s: (s[0], s[2], s[1])
-)
 
 
 def sanitized_by_mlx(weights: Iterable[Weight]) -> bool:
     """True when the `conv1d` weights are in MLX's layout, i.e. mlx-lm's sanitize ran on these values."""
-    return any(_is_conv1d(w) and w.source.shape[-1] == 1 for w in weights)
+    return any(in_mlx_layout(w) for w in weights)
 
 
 def undo_sanitize(weights: list[Weight]) -> list[Weight]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import re
 from typing import Any
 
 from ..errors import MLXCheckpointError
@@ -73,6 +74,7 @@ def build_config(config: dict[str, Any], where: str) -> Any:
 
     fields = hf_config_fields(config)
     check_bounded(fields, where)
+    fields = special_floats(fields)
     model_type = fields.pop("model_type", None)
     model_type = TRANSFORMERS_MODEL_TYPE.get(model_type, model_type)
     try:
@@ -82,6 +84,18 @@ def build_config(config: dict[str, Any], where: str) -> Any:
             where, f"transformers {transformers.__version__} cannot read it as a {model_type!r} config "
             f"({_brief(e)}).", "Check config.json against the model's original one.",
         ) from None
+
+
+def special_floats(value: Any) -> Any:
+    """transformers 5 writes floats JSON has no word for as `{"__float__": "Infinity"}` (Nemotron-H's
+    `time_step_limit`); its config classes take them only as floats. (Nesting is bounded: `check_bounded`.)"""
+    if isinstance(value, dict):
+        if value.keys() == {"__float__"} and value["__float__"] in ("Infinity", "-Infinity", "NaN"):
+            return float(value["__float__"].lower().replace("infinity", "inf"))
+        return {k: special_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [special_floats(v) for v in value]
+    return value
 
 
 def check_sizes(hf_config: Any, where: str) -> None:
@@ -184,8 +198,44 @@ def model_shapes(
 def _model_shapes(key: str, where: str, text_only: bool) -> tuple[tuple[str, tuple[int, ...]], ...]:
     config, overrides = json.loads(key)
     model = build_model(config, where, text_only=text_only, overrides=overrides)
-    rename = language_model_name if text_only else str
+    renames = [] if text_only else checkpoint_renames(model)
+    rename = language_model_name if text_only else functools.partial(checkpoint_name, renames=renames)
     return tuple((rename(name), tuple(t.shape)) for name, t in stored_tensors(model))
+
+
+def checkpoint_renames(model: Any) -> list[tuple[str, str, bool]]:
+    """transformers 5 renames some checkpoint names as it loads them (`.block_sparse_moe.` -> `.mlp.`, `backbone.` ->
+    `model.`); checkpoints, mlx-lm and vLLM keep the originals. Its plain renamings, as (its name, the checkpoint's,
+    anchored at the start); renamings by pattern and tensor conversions (fused experts) are left to the adapters."""
+    try:
+        from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+    except ImportError:  # transformers 4.x loads checkpoint names as they are
+        return []
+    try:
+        mapping = (get_checkpoint_conversion_mapping(type(model).__name__)
+                   or get_checkpoint_conversion_mapping(model.config.model_type) or [])
+        pairs = []
+        for t in mapping:
+            if type(t).__name__ != "WeightRenaming" or len(t.source_patterns) != 1 or len(t.target_patterns) != 1:
+                continue
+            source, target = t.source_patterns[0], t.target_patterns[0]
+            anchored = source.startswith("^")
+            literal = source.removeprefix("^").replace("\\.", ".")
+            if not re.search(r"[\\*+?()\[\]{}|^$]", literal + target):
+                pairs.append((target, literal, anchored))
+        return pairs
+    except Exception:  # a private API: without it, transformers' own names are expected
+        return []
+
+
+def checkpoint_name(name: str, renames: list[tuple[str, str, bool]]) -> str:
+    """A transformers parameter name as checkpoints hold it (`checkpoint_renames`, undone last first)."""
+    for target, source, anchored in reversed(renames):
+        if not anchored:
+            name = name.replace(target, source)
+        elif name.startswith(target):
+            name = source + name[len(target):]
+    return name
 
 
 def stored_tensors(model: Any) -> list[tuple[str, Any]]:

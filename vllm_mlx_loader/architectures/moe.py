@@ -14,7 +14,10 @@ from ..stored import Entry
 from .base import Adapter, Weight
 from .meta_model import build_config, config_field, model_shapes, positive_int
 
-_LAYER = re.compile(r"model\.layers\.(\d+)\.")
+# a decoder layer's name (Nemotron-H's checkpoints call the model `backbone`)
+_LAYER = re.compile(r"(?:model|backbone)\.layers\.(\d+)\.")
+# an expert's own parameters in transformers' model: per expert (4.x) or fused 3-D (5.x), named by the adapter
+_EXPERT = re.compile(r"\.experts\.(\d+\.|gate_up_proj|down_proj|gate_proj|up_proj)")
 MAX_EXPERTS = 4096  # the most a served family has is 512 (Qwen3-Next)
 # expert matrices the loader names, per projection: experts x MoE layers (Qwen3-Next-80B: 48 x 512 = 24,576)
 MAX_EXPERT_MATRICES = 1 << 17
@@ -31,12 +34,13 @@ class StackedExpertsAdapter(Adapter):
 
     block = "mlp"  # the module holding the router (`gate`) and the experts
     stack = "switch_mlp"  # where mlx-lm put the stacks, under the block
-    # names in the block transformers 5 gives otherwise than the checkpoints (and vLLM) do: its name -> theirs
-    renames: ClassVar[dict[str, str]] = {}
     num_experts_key = "num_experts"
     expert_size_key = "moe_intermediate_size"
-    # switch_mlp projection -> the Hugging Face expert projection
+    # switch_mlp projection -> the Hugging Face expert projection; which stored one is the down projection
     expert_names: ClassVar[dict[str, str]] = {"gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"}
+    down = "down_proj"
+    # names mlx-lm's sanitize gave tensors beside the experts: stored suffix -> the checkpoints' (Laguna's router)
+    stored_renames: ClassVar[dict[str, str]] = {}
 
     def __init__(self, families: dict[str, str] | None = None, **names: Any) -> None:
         super().__init__(families)
@@ -53,7 +57,7 @@ class StackedExpertsAdapter(Adapter):
         hidden = hf_config.hidden_size  # checked by model_shapes
         # transformers 4.x lists experts one by one, 5.x as fused 3-D parameters: only which layers have
         # experts is taken from the model; the per-expert names are the checkpoints' own
-        moe_layers = {m.group(1) for n in shapes if ".experts." in n and (m := _LAYER.match(n))}
+        moe_layers = {m.group(1): m.group(0) for n in shapes if _EXPERT.search(n) and (m := _LAYER.match(n))}
         if len(moe_layers) * experts > MAX_EXPERT_MATRICES:
             raise MLXCheckpointError(
                 where, f"{len(moe_layers)} mixture-of-experts layers of {experts} experts make "
@@ -63,30 +67,28 @@ class StackedExpertsAdapter(Adapter):
         expected = {}
         for name, shape in shapes.items():
             if (m := _LAYER.match(name)) and m.group(1) in moe_layers:
-                if ".experts." in name:
+                if _EXPERT.search(name):
                     continue  # named below, expert by expert
-                rest = name[m.end():]
-                if rest.startswith("mlp."):  # transformers 5 names every block `mlp`; checkpoints keep theirs
-                    rest = rest[len("mlp."):]
-                    name = f"model.layers.{m.group(1)}.{self.block}.{self.renames.get(rest, rest)}"
                 if name.endswith(ROUTER_TENSORS):  # one row per expert: widened from the meta model's few
                     shape = (experts, *shape[1:])
             expected[name] = shape
         for layer in sorted(moe_layers, key=int):
-            prefix = f"model.layers.{layer}.{self.block}"
+            prefix = f"{moe_layers[layer]}{self.block}"
             for e in range(experts):
-                for proj in self.expert_names.values():
-                    shape = (hidden, inter) if proj == self.expert_names["down_proj"] else (inter, hidden)
+                for stored, proj in self.expert_names.items():
+                    shape = (hidden, inter) if stored == self.down else (inter, hidden)
                     expected[f"{prefix}.experts.{e}.{proj}.weight"] = shape
         return expected
 
     def weights(self, entries: Iterable[Entry], config: dict[str, Any], where: str) -> list[Weight]:
-        stack = re.compile(rf"(model\.layers\.\d+\.{re.escape(self.block)})\.{self.stack}\.(\w+)\.weight")
+        stack = re.compile(rf"((?:model|backbone)\.layers\.\d+\.{re.escape(self.block)})\.{self.stack}\.(\w+)\.weight")
         out = []
         for entry in entries:
             m = stack.fullmatch(entry.name)
             if m is None or m.group(2) not in self.expert_names:
-                out.append(Weight(entry.name, entry))
+                suffix = next((s for s in self.stored_renames if entry.name.endswith(s)), None)
+                name = entry.name[: -len(suffix)] + self.stored_renames[suffix] if suffix else entry.name
+                out.append(Weight(name, entry))
                 continue
             if len(entry.shape) != 3:
                 raise MLXCheckpointError(
@@ -113,9 +115,18 @@ STACKED_EXPERT_FAMILIES = (
     StackedExpertsAdapter(
         {"minimax_m2": "MiniMaxM2ForCausalLM", "phimoe": "PhiMoEForCausalLM"}, block="block_sparse_moe",
         num_experts_key="num_local_experts", expert_size_key="intermediate_size",
-        expert_names={"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}, renames={"router.weight": "gate.weight"},
+        expert_names={"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"},
     ),
     # stacks straight under `mlp.experts` (no switch_mlp); Afmoe's router is `mlp.router.gate`
     StackedExpertsAdapter({"dots1": "Dots1ForCausalLM"}, num_experts_key="n_routed_experts", stack="experts"),
     StackedExpertsAdapter({"afmoe": "AfmoeForCausalLM"}, stack="experts"),
+    # Laguna: mlx-lm renamed the router `gate` -> `gate.proj` and moved its bias from `experts` to `gate`
+    StackedExpertsAdapter({"laguna": "LagunaForCausalLM"}, stored_renames={
+        ".mlp.gate.proj.weight": ".mlp.gate.weight",
+        ".mlp.gate.e_score_correction_bias": ".mlp.experts.e_score_correction_bias",
+    }),
+    # EXAONE-MoE: mlx-lm moved the router's bias into `gate`
+    StackedExpertsAdapter({"exaone_moe": "ExaoneMoeForCausalLM"}, stored_renames={
+        ".mlp.gate.e_score_correction_bias": ".mlp.e_score_correction_bias",
+    }),
 )
