@@ -66,8 +66,17 @@ FAMILIES: dict[str, dict[str, Any]] = {
                      "hf": {"moe_intermediate_size": 64},
                      "transposed": ("experts.gate_up_proj", "experts.down_proj"),
                      "mlx_text": {"num_experts": 8, "norm_topk_prob": True}},
-    "lfm2": {}, "lfm2_moe": {}, "apertus": {"mlx": {"mlp_bias": False, "post_norm": False, "qk_norm": True}},
-    "nemotron_h": {}, "granitemoehybrid": {}, "granitemoe": {}, "laguna": {},
+    # LFM2: short-convolution and attention layers; mlx-lm reads the original config's block_* sizes
+    "lfm2": {"hf": {"layer_types": ["conv", "full_attention"], "full_attn_idxs": [1],
+                    "block_auto_adjust_ff_dim": False}, "mlx": {"block_dim": 64, "block_ff_dim": 128}},
+    "lfm2_moe": {"hf": {"layer_types": ["conv", "full_attention"], "num_dense_layers": 1}},
+    "apertus": {"mlx": {"mlp_bias": False, "post_norm": False, "qk_norm": True}},
+    "nemotron_h": {}, "granitemoe": {},
+    # Granite 4.0 H (Tiny, Small): Mamba-2 and attention layers, experts beside a shared MLP; the checkpoints' own
+    # layer names (transformers 5 writes its own, which mlx-lm does not read)
+    "granitemoehybrid": {"hf": {"layer_types": ["mamba", "attention"], "mamba_n_heads": 4, "mamba_d_head": 32,
+                                "mamba_d_state": 16, "shared_intermediate_size": 64},
+                         "mlx": {"layer_types": ["mamba", "attention"]}}, "laguna": {},
     "exaone_moe": {"mlx": {"head_dim": 16, "is_moe_layer": [False, True]}},
     # the mixture-of-experts model (26B-A4B's layout) with a KV-shared layer (E2B/E4B's)
     "gemma4_text": {"hf": GEMMA4, "fused": True, "mlx": {"global_head_dim": 16}},

@@ -16,8 +16,9 @@ from .deepseek_v3 import DeepseekV3Adapter
 from .dense import DenseAdapter
 from .gemma4 import Gemma4Adapter, Gemma4TextAdapter
 from .gpt_oss import GptOssAdapter
-from .granitemoe import GraniteMoeAdapter
+from .granitemoe import GraniteMoeAdapter, GraniteMoeHybridAdapter
 from .identity import identity, refusal
+from .lfm2 import Lfm2Adapter, Lfm2MoeAdapter
 from .mixtral import MixtralAdapter
 from .moe import STACKED_EXPERT_FAMILIES
 from .nemotron_h import NemotronHAdapter
@@ -31,7 +32,8 @@ ADAPTERS: tuple[Adapter, ...] = (
     DenseAdapter(), Qwen3MoeAdapter(), MixtralAdapter(), Qwen3NextAdapter(), Qwen3_5Adapter(),
     Gemma3VisionLanguageAdapter(), DeepseekV3Adapter(), GptOssAdapter(), *STACKED_EXPERT_FAMILIES,
     *LANGUAGE_MODEL_ONLY_FAMILIES, Qwen3_5MoeAdapter(), Qwen3VLMoeAdapter(), Gemma4TextAdapter(), Gemma4Adapter(),
-    NemotronHAdapter(), ApertusAdapter(), GraniteMoeAdapter(),
+    NemotronHAdapter(), ApertusAdapter(), GraniteMoeAdapter(), GraniteMoeHybridAdapter(), Lfm2Adapter(),
+    Lfm2MoeAdapter(),
 )
 # (model type, architecture) -> its adapter: the allowlist
 SERVED: dict[tuple[str, str], Adapter] = {pair: a for a in ADAPTERS for pair in a.families.items()}
