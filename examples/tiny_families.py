@@ -4,9 +4,10 @@ Hugging Face checkpoint's (tests/test_families.py). No training: what is compare
 
     python examples/tiny_families.py OUT_DIR [--families cohere phi3 ...]
 
-Writes `OUT_DIR/<model_type>/hf` (transformers' BF16 checkpoint, as `save_pretrained` writes it) and
-`OUT_DIR/<model_type>/mlx`. Builds are cached: a family whose directory carries the current stamp (this file,
-transformers' and mlx-lm's versions) is not rebuilt. One family takes 0.1-2 s.
+Writes `OUT_DIR/<model_type>/hf` (transformers' BF16 checkpoint, as `save_pretrained` writes it), `mlx` (4-bit)
+and `mlx-bf16` (mlx_lm.convert without quantization: the same renames and value changes, no scales). Builds are
+cached: a family whose directory carries the current stamp (this file, transformers' and mlx-lm's versions) is not
+rebuilt. One family takes 0.1-2 s.
 """
 
 from __future__ import annotations
@@ -197,6 +198,7 @@ def _build(tmp: Path, model_type: str, spec: dict[str, Any]) -> None:
     config_path.write_text(json.dumps(config, indent=2))
     write_tokenizer(tmp / "hf")
     convert(str(tmp / "hf"), str(tmp / "mlx"), quantize=True, q_bits=4, q_group_size=32)
+    convert(str(tmp / "hf"), str(tmp / "mlx-bf16"), dtype="bfloat16")  # mlx-community's `*-bf16` conversions
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -83,6 +83,20 @@ def test_family_streams_the_hugging_face_checkpoint(family: Path) -> None:
             assert torch.equal(plain[name], source[name].float()), name
 
 
+@pytest.mark.parametrize("family", sorted(tiny_families.FAMILIES), indirect=True)
+def test_unquantized_conversion_streams_the_hugging_face_checkpoint(family: Path) -> None:
+    """mlx_lm.convert without quantization renames, restacks and changes values as it does with: the same inverses
+    give the source back, every tensor bit for bit."""
+    ckpt = read_checkpoint(family / "mlx-bf16")
+    source = load_file(family / "hf" / "model.safetensors")
+    source = {hf_name(n): t for n, t in source.items() if not n.startswith(VISION)}
+    streamed = dict(iter_dense_weights(ckpt, "cpu", torch.bfloat16))
+    tied = {"lm_head.weight"} if ckpt.config.get("tie_word_embeddings") else set()
+    assert set(streamed) == set(source) - tied
+    for name, tensor in streamed.items():
+        assert torch.equal(tensor, source[name].to(torch.bfloat16)), name
+
+
 def test_every_served_model_type_has_a_proof() -> None:
     """A model type on the allowlist without a checkpoint converted by mlx_lm is a claim without a test."""
     assert set(tiny_families.FAMILIES) | TRAINED == {model_type for model_type, _ in SERVED}
