@@ -43,8 +43,7 @@ def message(row: str, breaker, fixture: str, dtype: torch.dtype) -> str | None:
 
 
 def main() -> int:
-    readme = (REPO / "README.md").read_text()
-    written = {m[1]: m[0] for m in re.finditer(r"^\| `([a-z0-9-]+)` \|.*$", readme, flags=re.MULTILINE)}
+    written = {m[1]: m[0] for m in re.finditer(r"^\| `([a-z0-9-]+)` \|.*$", cases.readme_section(), flags=re.MULTILINE)}
     rows = [(*r[:3], "q4g64", torch.bfloat16) for r in cases.ROWS]
     rows += [(*r[:3], "qwen3_moe", torch.bfloat16) for r in cases.MOE_ROWS]
     rows += [(*r[:3], r[4], torch.bfloat16) for r in cases.FP_ROWS]

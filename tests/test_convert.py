@@ -157,6 +157,7 @@ def test_restored_families_load_in_transformers_and_compute_mlx_float32_logits(
 
 
 @pytest.mark.engine
+@pytest.mark.reference_vllm_only
 def test_output_loads_in_stock_vllm(checkpoints, tmp_path, tokenizer) -> None:
     from conftest import engine_kwargs, mlx_answer, shutdown
     from vllm import LLM, SamplingParams

@@ -61,6 +61,7 @@ if __name__ == "__main__":
 
 
 @pytest.mark.engine
+@pytest.mark.reference_vllm_only
 def test_two_vllm_loads_give_bit_identical_parameters(checkpoints) -> None:
     # in a child process: an in-process engine would leave its state in the test process
     out = subprocess.run([sys.executable, "-c", TWO_LOADS, str(checkpoints["q4g128"])], capture_output=True,
