@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import engine_kwargs, mlx_answer, shutdown
+from conftest import llm_here, mlx_answer, shutdown
 
 pytestmark = pytest.mark.engine
 NAME = "ascend-lookalike"
@@ -62,10 +62,10 @@ def test_lookalike_claims_the_raw_mlx_config(ascend_lookalike, checkpoints) -> N
 
 
 def test_plugin_loads_the_mlx_checkpoint_despite_the_lookalike(ascend_lookalike, checkpoints, tokenizer) -> None:
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
 
     prompt = tokenizer("The capital of Italy is")["input_ids"]
-    llm = LLM(model=str(checkpoints["q4g64"]), load_format="mlx-4bit", **engine_kwargs())
+    llm = llm_here(checkpoints["q4g64"], load_format="mlx-4bit")
     try:
         assert llm.llm_engine.model_config.quantization is None
         out = llm.generate([{"prompt_token_ids": prompt}], SamplingParams(temperature=0, max_tokens=3), use_tqdm=False)

@@ -159,12 +159,12 @@ def test_restored_families_load_in_transformers_and_compute_mlx_float32_logits(
 @pytest.mark.engine
 @pytest.mark.reference_vllm_only
 def test_output_loads_in_stock_vllm(checkpoints, tmp_path, tokenizer) -> None:
-    from conftest import engine_kwargs, mlx_answer, shutdown
-    from vllm import LLM, SamplingParams
+    from conftest import llm_here, mlx_answer, shutdown
+    from vllm import SamplingParams
 
     dst = convert(checkpoints["q4g128"], tmp_path / "hf", progress=False)
     prompt = tokenizer("The capital of Peru is")["input_ids"]
-    llm = LLM(model=str(dst), **engine_kwargs())  # the default loader: a plain BF16 checkpoint
+    llm = llm_here(dst)  # the default loader: a plain BF16 checkpoint
     try:
         assert llm.llm_engine.vllm_config.load_config.load_format == "auto"
         out = llm.generate([{"prompt_token_ids": prompt}], SamplingParams(temperature=0, max_tokens=3), use_tqdm=False)

@@ -10,7 +10,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import OLDER_VLLM_VARIANTS, PROMPTS, REFERENCE_VLLM_ONLY_VARIANTS, VARIANTS, engine_kwargs, shutdown
+from conftest import (
+    OLDER_VLLM_VARIANTS, PROMPTS, REFERENCE_VLLM_ONLY_VARIANTS, VARIANTS, engine_kwargs, llm_here, shutdown,
+)
 
 from vllm_mlx_loader.errors import MLXCheckpointError
 from vllm_mlx_loader.format import read_checkpoint
@@ -51,13 +53,13 @@ ROUTER_PROBES = {"gpt_oss": ("mlx_lm.models.gpt_oss", "MLPBlock")}
 
 def generate_and_compare(path, tokenizer, label: str, **llm_kwargs):
     """Greedy-decode PROMPTS in vLLM and in MLX float32; assert equal tokens and close log-probs."""
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
 
     from vllm_mlx_loader.mlx_reference import greedy_float32
 
     prompts = [tokenizer(p)["input_ids"] for p in PROMPTS]
     reference = greedy_float32(path, prompts, MAX_TOKENS)
-    llm = LLM(model=str(path), load_format="mlx-4bit", **engine_kwargs(**llm_kwargs))
+    llm = llm_here(path, load_format="mlx-4bit", **llm_kwargs)
     try:
         assert llm.llm_engine.model_config.quantization is None
         params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, logprobs=0, ignore_eos=True)
@@ -158,9 +160,9 @@ def test_deepseek_v3_fills_every_parameter_of_vllms_model(checkpoints, tokenizer
     completeness check passes and the engine generates. Its values are MLX's (test_architectures.py) and
     compute MLX's logits in transformers (test_convert.py); vLLM's CPU DeepSeek path is not compared with MLX
     because it does not repeat itself (see NO_MLX_PARITY)."""
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
 
-    llm = LLM(model=str(checkpoints["deepseek_v3"]), load_format="mlx-4bit", **engine_kwargs())
+    llm = llm_here(checkpoints["deepseek_v3"], load_format="mlx-4bit")
     try:
         out = llm.generate([{"prompt_token_ids": tokenizer(PROMPTS[0])["input_ids"]}],
                            SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True), use_tqdm=False)

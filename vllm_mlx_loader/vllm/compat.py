@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import gc
 import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -161,7 +160,17 @@ def shutdown_llm(llm: Any) -> None:
     if core is not None and hasattr(core, "shutdown"):
         core.shutdown()
     del llm
-    gc.collect()
+    # an engine core run in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) leaves its parallel groups behind,
+    # and the next engine would build its layers against them (vLLM 0.18: no expert-parallel group for an MoE model
+    # after a dense one); a no-op when the engine ran in its own process
+    # and vLLM 0.18's `supports_kw` cache keeps its model (bound methods are the keys), KV cache and all
+    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+    from vllm.utils import func_utils
+
+    for cached in vars(func_utils).values():
+        if isinstance(cached, functools._lru_cache_wrapper):
+            cached.cache_clear()
+    cleanup_dist_env_and_memory()
 
 
 # --- what the report says about the platform ------------------------------------------------------------------
