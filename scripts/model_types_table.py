@@ -66,6 +66,11 @@ def proof(model_type: str) -> str:
         parts.append("random weights vs source")
     if model_type in TRAINED:
         parts.append(TRAINED[model_type])
+    elif model_type in tiny_families.VLLM_COMPUTES_OTHERWISE:
+        parts.append("trained: in vLLM 0.32 as vLLM's own loader on the restored BF16 checkpoint (vLLM's model "
+                     "differs from MLX's)")
+    elif model_type in tiny_families.TRAINED:
+        parts.append("trained: greedy parity in vLLM 0.32")
     return "; ".join(parts) or "none"
 
 

@@ -13,8 +13,11 @@ OLDER=("0.18.0 2.10.0" "0.23.0 2.11.0 5.5.4")
 declare -A SELECT=(["0.18.0"]="vllm" ["0.23.0"]="vllm and not reference_vllm_only")
 bash scripts/setup.sh || exit 1
 # Fixtures once, by the real mlx_lm.convert in the 0.32 venv (the other runs read the same files), built while
-# the older venvs are set up: training keeps the cores busy, the set-ups mostly download and unpack.
-.venv/bin/python examples/tiny_qwen3.py .cache/fixtures --variants all >/dev/null &
+# the older venvs are set up: training keeps the cores busy, the set-ups mostly download and unpack. Then the
+# families: trained ones for the engine, random ones for the weight checks.
+(.venv/bin/python examples/tiny_qwen3.py .cache/fixtures --variants all &&
+    .venv/bin/python examples/tiny_families.py .cache/families --trained &&
+    .venv/bin/python examples/tiny_families.py .cache/families) >/dev/null &
 fixtures=$!
 for spec in "${OLDER[@]}"; do
     # shellcheck disable=SC2086

@@ -157,6 +157,11 @@ def llm_here(model: Path | str, **overrides):
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     try:
         return LLM(model=str(model), **engine_kwargs(**overrides))
+    except BaseException:  # an engine that failed to start leaves its parallel groups too
+        from vllm_mlx_loader.vllm.compat import release_engine_state
+
+        release_engine_state()
+        raise
     finally:
         if previous is None:
             del os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"]

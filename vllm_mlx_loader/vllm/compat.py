@@ -160,10 +160,14 @@ def shutdown_llm(llm: Any) -> None:
     if core is not None and hasattr(core, "shutdown"):
         core.shutdown()
     del llm
-    # an engine core run in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) leaves its parallel groups behind,
-    # and the next engine would build its layers against them (vLLM 0.18: no expert-parallel group for an MoE model
-    # after a dense one); a no-op when the engine ran in its own process
-    # and vLLM 0.18's `supports_kw` cache keeps its model (bound methods are the keys), KV cache and all
+    release_engine_state()
+
+
+def release_engine_state() -> None:
+    """Drop what an engine core run in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) leaves behind: its parallel
+    groups, which the next engine would build its layers against (vLLM 0.18: no expert-parallel group for an MoE
+    model after a dense one), and vLLM 0.18's `supports_kw` cache, which keeps its model (bound methods are the
+    keys), KV cache and all. A no-op when the engine ran in its own process."""
     from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
     from vllm.utils import func_utils
 
