@@ -150,11 +150,13 @@ def llm_here(model: Path | str, **overrides):
     """vLLM's `LLM` with its engine core in this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, as vLLM's own tests run
     it): the same engine and loader, about 20 s less to start and stop than in a process of its own. What crosses
     processes runs as users run it elsewhere: the server, validate, and the tensor- and pipeline-parallel workers.
-    Stop it with `shutdown`, which also clears what an engine leaves behind in this process."""
+    Stop it with `shutdown`, which also clears what an engine leaves behind in this process. A model vLLM serves
+    through its Transformers backend gets a process of its own: that backend wraps transformers' classes in place
+    (`support_torch_compile` on `Olmo3Model.__init__`), and later tests build them."""
     from vllm import LLM
 
     previous = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if not transformers_backend(model) else "1"
     try:
         return LLM(model=str(model), **engine_kwargs(**overrides))
     except BaseException:  # an engine that failed to start leaves its parallel groups too
@@ -167,6 +169,17 @@ def llm_here(model: Path | str, **overrides):
             del os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"]
         else:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = previous
+
+
+def transformers_backend(model: Path | str) -> bool:
+    """Whether vLLM serves the checkpoint's architecture through its Transformers backend (private registry)."""
+    import json
+
+    from vllm.model_executor.models import registry
+
+    config = Path(model) / "config.json"
+    architectures = (json.loads(config.read_text()).get("architectures") or []) if config.is_file() else []
+    return any(a in getattr(registry, "_TRANSFORMERS_SUPPORTED_MODELS", {}) for a in architectures)
 
 
 def engine_kwargs(**overrides):
