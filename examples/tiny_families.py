@@ -156,14 +156,13 @@ def trained_spec(spec: dict[str, Any]) -> dict[str, Any]:
 
 def hf_model(model_type: str, spec: dict[str, Any], trained: bool = False) -> Any:
     """transformers' model of `model_type`, default config shrunk to SMALL, random BF16 weights (seeded); a
-    vision-language model (`arch`) with a one-layer vision tower (`vision`). `trained`: float32 (to be trained), at
-    tiny_qwen3's vocabulary."""
+    vision-language model (`arch`) with a one-layer vision tower (`vision`). `trained`: float32, to be trained (`spec`
+    then comes through `trained_spec`)."""
     import torch
     import transformers
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     config = transformers.AutoConfig.for_model(model_type)
-    spec = trained_spec(spec) if trained else spec
     if "arch" in spec:  # a composite config: its language model's and vision tower's, field by field
         text = config.get_text_config()
         for key, value in small_fields(text, spec.get("hf", {})).items():
@@ -217,8 +216,8 @@ def _build(tmp: Path, model_type: str, spec: dict[str, Any], trained: bool) -> N
     import torch
     from mlx_lm.convert import convert
 
-    model = hf_model(spec.get("like", model_type), spec, trained)
     spec = trained_spec(spec) if trained else spec
+    model = hf_model(spec.get("like", model_type), spec, trained)
     if trained:
         from transformers import AutoTokenizer
 
@@ -239,10 +238,10 @@ def _build(tmp: Path, model_type: str, spec: dict[str, Any], trained: bool) -> N
     config.setdefault("rope_theta", rope_theta(config))
     config.update(spec.get("mlx", {}))
     if "text_config" in config:  # mlx-lm reads the language model's flags from it
-        config["text_config"].setdefault("tie_word_embeddings", config.get("tie_word_embeddings", False))
         text = config["text_config"]
+        text.setdefault("tie_word_embeddings", config.get("tie_word_embeddings", False))
         text.setdefault("rope_theta", rope_theta(text))
-        config["text_config"].update(spec.get("mlx_text", {}))
+        text.update(spec.get("mlx_text", {}))
     if "like" in spec:
         config["model_type"] = model_type
     config_path.write_text(json.dumps(config, indent=2))

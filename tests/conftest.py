@@ -156,7 +156,7 @@ def llm_here(model: Path | str, **overrides):
     from vllm import LLM
 
     previous = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if not transformers_backend(model) else "1"
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if transformers_backend(model) else "0"
     try:
         return LLM(model=str(model), **engine_kwargs(**overrides))
     except BaseException:  # an engine that failed to start leaves its parallel groups too
