@@ -70,7 +70,8 @@ def proof(model_type: str) -> str:
         parts.append("trained: in vLLM 0.32 as vLLM's own loader on the restored BF16 checkpoint (vLLM's model "
                      "differs from MLX's)")
     elif model_type in tiny_families.TRAINED:
-        parts.append("trained: greedy parity in vLLM 0.32")
+        also = ", 0.18" if model_type in tiny_families.ALSO_ON_VLLM_0_18 else ""
+        parts.append(f"trained: greedy parity in vLLM 0.32{also}")
     return "; ".join(parts) or "none"
 
 

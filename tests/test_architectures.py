@@ -136,24 +136,6 @@ def test_dequantizing_one_expert_equals_slicing_the_dense_stack(checkpoints) -> 
             assert torch.equal(one, whole[e])
 
 
-def test_torch_reference_refuses_experts_it_cannot_place_up_front(checkpoints) -> None:
-    """transformers 5 fuses MoE experts into 3-D parameters: validate's float32 torch column says so before any
-    engine starts (the MLX column still covers the model)."""
-    import transformers
-
-    from vllm_mlx_loader.errors import MLXCheckpointError
-    from vllm_mlx_loader.reference import check_reference_can_load
-
-    check_reference_can_load(read_checkpoint(checkpoints["llama"]))
-    moe = read_checkpoint(checkpoints["qwen3_moe"])
-    if int(transformers.__version__.split(".")[0]) < 5:
-        check_reference_can_load(moe)  # 4.x lists experts one by one, as the checkpoint names them
-        return
-    with pytest.raises(MLXCheckpointError, match=r"cannot place 'model.layers.0.mlp.experts.0.\w+.weight'.*"
-                                                 r"Pass --no-torch-reference"):
-        check_reference_can_load(moe)
-
-
 def test_deepseek_kv_b_proj_is_both_halves_mlx_stored_stacked_back_per_head(checkpoints, tmp_path) -> None:
     """mlx-lm splits `kv_b_proj` into `embed_q` (key half, transposed) and `unembed_out` (value half); the
     streamed `kv_b_proj` is both, dequantized by MLX itself, put back head by head; a lone half is refused."""

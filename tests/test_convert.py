@@ -104,9 +104,10 @@ def test_restored_families_load_in_transformers_and_compute_mlx_float32_logits(
     import transformers
     from conftest import PROMPTS
 
-    from vllm_mlx_loader.format import is_unquantized_mlx_conversion, read_checkpoint
+    from vllm_mlx_loader.format import read_checkpoint
     from vllm_mlx_loader.mlx_reference import load_float32, logit_blocks
     from vllm_mlx_loader.reference import load_reference, reference_logit_blocks
+    from vllm_mlx_loader.shards import is_unquantized_mlx_conversion
     from vllm_mlx_loader.weights import iter_dense_weights
 
     # float32 output: MLX's dequantized values exactly, so a router near-tie cannot pick other experts than MLX's

@@ -35,6 +35,7 @@ def vllm_version() -> tuple[int, ...]:
         text = version("vllm")
     return tuple(int(x) for x in text.split(".")[:2])
 
+
 pytestmark = pytest.mark.engine
 FAMILY_ROOT = REPO / ".cache" / "families"
 MAX_TOKENS = 16
@@ -167,14 +168,23 @@ VLLM_COMPUTES_OTHERWISE = set(tiny_families.VLLM_COMPUTES_OTHERWISE)
 FAMILY_LEN = tiny_families.SMALL["max_position_embeddings"]
 
 
-@pytest.mark.latest_only
-@pytest.mark.parametrize("model_type", sorted(set(tiny_families.TRAINED) - VLLM_COMPUTES_OTHERWISE))
+def family_marks(model_type: str) -> list[pytest.MarkDecorator]:
+    return [pytest.mark.reference_vllm_only] if model_type in tiny_families.ALSO_ON_VLLM_0_18 else [
+        pytest.mark.latest_only]
+
+
+@pytest.mark.parametrize("model_type", [pytest.param(t, marks=family_marks(t))
+                                        for t in sorted(set(tiny_families.TRAINED) - VLLM_COMPUTES_OTHERWISE)])
 def test_family_greedy_tokens_and_logprobs_match_mlx_float32(model_type) -> None:
     """The families mlx-lm and vLLM share beyond the fixtures above, one per adapter kind and the most-held ones
-    whose vLLM path runs on the CPU: tiny models of each trained as the fixtures are (examples/tiny_families.py)."""
+    whose vLLM path runs on the CPU: tiny models of each trained as the fixtures are (examples/tiny_families.py).
+    The older vLLM reads the checkpoint the latest venv's transformers and mlx-lm wrote, as a user's would."""
     from vllm_mlx_loader.hf_compat import load_tokenizer
 
-    path = tiny_families.build_family(FAMILY_ROOT, model_type, trained=True) / "mlx"
+    if vllm_version() >= (0, 32):  # the venv CI builds the fixtures in
+        path = tiny_families.build_family(FAMILY_ROOT, model_type, trained=True) / "mlx"
+    else:
+        path = tiny_families.built_by_another_venv(FAMILY_ROOT, model_type, trained=True) / "mlx"
     generate_and_compare(path, load_tokenizer(path), model_type, max_model_len=FAMILY_LEN)
 
 

@@ -21,7 +21,8 @@ from vllm_mlx_loader.architectures import adapter_for
 from vllm_mlx_loader.architectures.meta_model import MAX_LAYERS, MAX_LIST, MAX_SIZE
 from vllm_mlx_loader.architectures.moe import MAX_EXPERT_MATRICES, MAX_EXPERTS
 from vllm_mlx_loader.errors import MLXCheckpointError
-from vllm_mlx_loader.format import module_params, read_checkpoint
+from vllm_mlx_loader.format import read_checkpoint
+from vllm_mlx_loader.quantization import module_params
 from vllm_mlx_loader.weights import iter_dense_weights
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -144,6 +144,19 @@ def test_every_private_api_the_plugin_uses_is_where_it_expects() -> None:
     assert compat.signature_problems() == []
     assert compat.is_create_model_config_wrapped()
     assert isinstance(compat.vllm_version(), str) and compat.platform_device() == ("cpu", None)
+    # what release_engine_state clears after an in-process engine core: the parallel groups, and func_utils' caches
+    # (one, `supports_kw`, keeps the model alive through its bound-method keys)
+    import functools
+
+    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+    from vllm.utils import func_utils
+
+    assert callable(cleanup_dist_env_and_memory)
+    assert any(isinstance(v, functools._lru_cache_wrapper) and "supports_kw" in k for k, v in vars(func_utils).items())
+    # the tests' own: which architectures vLLM serves through its Transformers backend (conftest.transformers_backend)
+    from vllm.model_executor.models import registry
+
+    assert isinstance(registry._TRANSFORMERS_SUPPORTED_MODELS, dict) and registry._TRANSFORMERS_SUPPORTED_MODELS
     # torch: buffer reuse (buffers.py) and LazyDense's metadata answers (lazy_dense.py)
     assert callable(torch._C._storage_Use_Count) and torch._C.DisableTorchFunctionSubclass
 

@@ -6,6 +6,7 @@ the text), float32. Probabilities are computed in float64 so the metrics measure
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -36,10 +37,15 @@ class RowMetrics:
     dlogprob: torch.Tensor  # |logp_device - logp_reference| of the token the text continues with
     ref_top1: torch.Tensor
     dev_top1: torch.Tensor
+    # the reference's routing slack (`routing.py`): negative where a router's choice was a near-tie; +inf for a
+    # dense model
+    routing_slack: torch.Tensor
 
 
-def row_metrics(reference: torch.Tensor, device: torch.Tensor, next_tokens: torch.Tensor) -> RowMetrics:
-    """Compare `[n, vocab]` logits row by row; `next_tokens[i]` is the token that follows row i."""
+def row_metrics(reference: torch.Tensor, device: torch.Tensor, next_tokens: torch.Tensor,
+                routing_slack: torch.Tensor | None = None) -> RowMetrics:
+    """Compare `[n, vocab]` logits row by row; `next_tokens[i]` is the token that follows row i, `routing_slack[i]`
+    the reference's routing slack at row i (None: a dense model)."""
     if reference.shape != device.shape or reference.shape[0] != next_tokens.shape[0]:
         raise ValueError(f"shapes differ: reference {tuple(reference.shape)}, device {tuple(device.shape)}, "
                          f"tokens {tuple(next_tokens.shape)}")
@@ -62,6 +68,8 @@ def row_metrics(reference: torch.Tensor, device: torch.Tensor, next_tokens: torc
         dlogprob=(dev_lp.gather(-1, chosen) - ref_lp.gather(-1, chosen)).abs().squeeze(-1),
         ref_top1=ref_top1,
         dev_top1=dev_top1,
+        routing_slack=torch.full((ref.shape[0],), math.inf, dtype=torch.float64) if routing_slack is None
+        else routing_slack.double(),
     )
 
 
@@ -73,10 +81,20 @@ def concat(parts: list[RowMetrics]) -> RowMetrics:
     return RowMetrics(**{k: torch.cat([getattr(p, k) for p in parts]) for k in RowMetrics.__dataclass_fields__})
 
 
+def routing_near_ties(m: RowMetrics) -> torch.Tensor:
+    return m.routing_slack < 0
+
+
 def summarize(m: RowMetrics) -> dict[str, float | int]:
+    """Summaries over every position but the routing near-ties (which `routing_near_ties` counts): a device may
+    route those to another expert, as a top-1 flip between near-tied logits is not a hard flip."""
     n = int(m.match.numel())
+    ties = routing_near_ties(m)
+    if bool(ties.any()) and not bool(ties.all()):
+        m = select(m, ~ties)
     return {
         "positions": n,
+        "routing_near_ties": int(ties.sum()),
         "max_abs_diff": float(m.max_abs.max()),
         "mean_abs_diff": float(m.mean_abs.mean()),
         "rmse": float(m.rmse.square().mean().sqrt()),

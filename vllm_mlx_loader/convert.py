@@ -33,13 +33,13 @@ from tqdm.auto import tqdm
 from .dequant import ROUNDINGS
 from .errors import MLXCheckpointError
 from .files import copyable_files
-from .format import MLXCheckpoint, read_checkpoint, read_headers
+from .format import MLXCheckpoint, read_checkpoint
 from .shard_writer import SAFETENSORS_DTYPES, ShardWriter
+from .shards import INDEX, read_headers
 from .weights import iter_dense_weights
 
 logger = logging.getLogger("vllm.mlx_loader")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-INDEX = "model.safetensors.index.json"
 WEIGHT_FILES = (INDEX, "config.json")  # rewritten, not copied
 
 

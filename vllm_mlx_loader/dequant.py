@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 
 from . import cpu_kernel
+from .stored import AFFINE_BITS
 
 Rounding = Literal["fused", "mlx_cpu"]
 ROUNDINGS: tuple[Rounding, ...] = ("fused", "mlx_cpu")
@@ -25,7 +26,6 @@ ROUNDINGS: tuple[Rounding, ...] = ("fused", "mlx_cpu")
 _PACK_BYTES = {3: 3, 5: 5, 6: 3}
 _CPU_BLOCK_BYTES = 1 << 22  # 4 MiB of float32 measured fastest on 2 EPYC cores (256 KiB..16 MiB tried)
 DEVICE_BLOCK_BYTES = 1 << 26  # 64 MiB: the float32 temporary per block on an accelerator
-BITS = (1, 2, 3, 4, 5, 6, 8)  # what MLX's affine mode writes
 FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
@@ -120,8 +120,8 @@ def check_affine_args(
 
     if rounding not in ROUNDINGS:
         fail(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
-    if type(bits) is not int or bits not in BITS:
-        fail(f"bits must be one of {BITS}, got {bits!r}")
+    if type(bits) is not int or bits not in AFFINE_BITS:
+        fail(f"bits must be one of {AFFINE_BITS}, got {bits!r}")
     if type(group_size) is not int or group_size <= 0:
         fail(f"group_size must be a positive int, got {group_size!r}")
     if dtype not in FLOAT_DTYPES:

@@ -105,12 +105,32 @@ def greedy_float32(model_dir: str | Path, prompts: list[list[int]], max_tokens: 
 
 def logit_blocks(model: Any, sequence: list[int], rows: int) -> Iterator[torch.Tensor]:
     """Float32 logits of `sequence` (row i predicts token i + 1), `rows` positions at a time: the backbone once,
-    the output layer block by block, as mlx-lm's own `Model.__call__` applies it."""
+    then the model's own `__call__` per block of hidden states, so that what it does after its output layer
+    (Gemma 2/4's soft-capping, Cohere's `logit_scale`, Granite's `logits_scaling`) is MLX's own, and `[len, vocab]`
+    is never held at once."""
     import mlx.core as mx
 
     lm = getattr(model, "language_model", model)  # mlx-lm wraps vision-language models' text model (Qwen3.5)
-    hidden = lm.model(mx.array([sequence[:-1]]))[0]
-    tied = getattr(lm.args, "tie_word_embeddings", False) or not hasattr(lm, "lm_head")
-    head = lm.model.embed_tokens.as_linear if tied else lm.lm_head
-    for start in range(0, hidden.shape[0], rows):
-        yield torch.from_numpy(np.array(head(hidden[start:start + rows]).astype(mx.float32)))
+    backbone = next(lm[n] for n in BACKBONES if n in lm)
+    cls = type(backbone)
+    hidden = backbone(mx.array([sequence[:-1]]), **_required_nones(cls.__call__))
+    original = cls.__call__
+    try:
+        for start in range(0, hidden.shape[1], rows):
+            block = hidden[:, start:start + rows]
+            cls.__call__ = lambda self, *args, _block=block, **kwargs: _block  # the model's head on this block
+            logits = lm(mx.zeros(block.shape[:2], dtype=mx.int32))[0].astype(mx.float32)
+            yield torch.from_numpy(np.array(logits))
+    finally:
+        cls.__call__ = original
+
+
+# where mlx-lm's models keep their decoder stack (Nemotron-H: `backbone`)
+BACKBONES = ("model", "backbone", "transformer")
+
+
+def _required_nones(call: Callable[..., Any]) -> dict[str, None]:
+    """None for each parameter after the inputs that a backbone's `__call__` requires (Phi's and StableLM's `cache`)."""
+    params = list(inspect.signature(call).parameters.values())[2:]
+    return {p.name: None for p in params if p.default is p.empty
+            and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}

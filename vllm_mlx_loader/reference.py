@@ -15,6 +15,7 @@ from torch import nn
 
 from .errors import MLXCheckpointError
 from .format import MLXCheckpoint
+from .reference_placement import Placement, plan
 from .weights import iter_dense_weights
 
 
@@ -42,60 +43,96 @@ def check_memory(ckpt: MLXCheckpoint, headroom: float = 1.15) -> None:
         )
 
 
-def check_reference_can_load(ckpt: MLXCheckpoint) -> None:
-    """Refuse, before any work, a checkpoint whose dense names transformers' model lacks (transformers 5 fuses
-    MoE experts into 3-D parameters)."""
-    import transformers
-
-    from .architectures import adapter_for
-    from .architectures.meta_model import model_shapes
+def reference_plan(ckpt: MLXCheckpoint) -> dict[str, Placement] | str:
+    """Where each streamed weight goes in transformers' model for this checkpoint (built on the meta device: no
+    memory), or why transformers' model cannot take them (then the torch column is skipped, saying so)."""
+    from .architectures.meta_model import build_model
 
     where = str(ckpt.directory / "config.json")
-    params = model_shapes(ckpt.config, where, text_only=adapter_for(ckpt.config, where).text_only)
-    unplaced = sorted(w.name for w in ckpt.weights if w.name not in params)
-    if unplaced:
-        raise MLXCheckpointError(
-            str(ckpt.directory),
-            f"the float32 torch reference cannot place {unplaced[0]!r} ({len(unplaced)} weights in all): "
-            f"transformers {transformers.__version__}'s {ckpt.architecture} has no such parameter.",
-            "Pass --no-torch-reference: the MLX column is the independent reference for this model.",
-        )
+    try:
+        model = build_model(ckpt.config, where, text_only=_text_only(ckpt))
+    except MLXCheckpointError as e:
+        return f"transformers cannot build it ({e.problem})"
+    return _plan(ckpt, model)
+
+
+def _text_only(ckpt: MLXCheckpoint) -> bool:
+    from .architectures import adapter_for
+
+    return adapter_for(ckpt.config, str(ckpt.directory / "config.json")).text_only
+
+
+def _model_tensors(model: nn.Module, text_only: bool) -> dict[str, torch.Tensor]:
+    """The model's parameters and persistent buffers (a router's `e_score_correction_bias`), by the names the
+    streamed weights carry (a vision-language checkpoint's for a language model built alone)."""
+    from .architectures.meta_model import language_model_name, stored_tensors
+
+    rename = language_model_name if text_only else str
+    tensors = {rename(name): t for name, t in stored_tensors(model)}
+    if getattr(model.config, "tie_word_embeddings", False):
+        tensors.pop("lm_head.weight", None)  # tied: made from the embeddings, never streamed
+    return tensors
+
+
+def _plan(ckpt: MLXCheckpoint, model: nn.Module) -> dict[str, Placement] | str:
+    import transformers
+
+    tensors = _model_tensors(model, _text_only(ckpt))
+    placed = plan(((w.name, w.shape) for w in ckpt.weights), model, {n: tuple(t.shape) for n, t in tensors.items()},
+                  ckpt.config.get("model_type", ""))
+    if isinstance(placed, str):
+        return f"transformers {transformers.__version__}'s {ckpt.architecture}: {placed}"
+    unwritten = sorted(set(tensors) - {p.param for p in placed.values()})
+    if unwritten:
+        return (f"transformers {transformers.__version__}'s {ckpt.architecture} has tensors the checkpoint does not "
+                f"fill: {', '.join(unwritten[:4])}{', ...' if len(unwritten) > 4 else ''}")
+    return placed
 
 
 def load_reference(ckpt: MLXCheckpoint) -> nn.Module:
     """Build the architecture's transformers model in float32 and fill it with dequantized weights (for a
     vision-language model whose checkpoint holds the language model alone, that language model: text-only
-    logits need nothing else)."""
-    from .architectures import adapter_for
-    from .architectures.meta_model import build_model, language_model_name
+    logits need nothing else). Experts transformers 5 fuses are written slice by slice (`reference_placement`)."""
+    from .architectures.meta_model import build_model
 
     where = str(ckpt.directory / "config.json")
-    adapter = adapter_for(ckpt.config, where)
-    model = build_model(ckpt.config, where, text_only=adapter.text_only, device="cpu")
+    model = build_model(ckpt.config, where, text_only=_text_only(ckpt), device="cpu")
     model.float().eval()
-    expected = adapter.expected_weights(ckpt.config, where)
-    rename = language_model_name if adapter.text_only else str
-    params = {rename(name): p for name, p in model.named_parameters()}
-    written = set()
+    placed = _plan(ckpt, model)
+    if isinstance(placed, str):
+        raise MLXCheckpointError(str(ckpt.directory), f"the float32 torch reference cannot take it: {placed}.")
+    tensors = _model_tensors(model, _text_only(ckpt))
     # one dense tensor at a time: peak memory is the model plus one weight
     for name, tensor in iter_dense_weights(ckpt, "cpu", torch.float32):
         with torch.no_grad():
-            params[name].copy_(tensor)
-        written.add(name)
+            placed[name].fill(tensors[placed[name].param], tensor)
     if model.config.tie_word_embeddings:
         model.tie_weights()
-        written.add("lm_head.weight")
-    missing = sorted((set(params) & set(expected)) - written)
-    if missing:
-        raise MLXCheckpointError(str(ckpt.directory), f"the reference model has unwritten parameters: {missing}.")
     return model
 
 
 @torch.inference_mode()
 def reference_logit_blocks(model: nn.Module, sequence: list[int], rows: int) -> Iterator[torch.Tensor]:
     """Float32 logits of `sequence` (row i predicts token i + 1), `rows` positions at a time: the hidden states
-    of the whole sequence once, the output layer block by block, so `[len, vocab]` is never held at once."""
-    hidden = model.get_decoder()(input_ids=torch.tensor([sequence[:-1]])).last_hidden_state[0]
-    head = model.get_output_embeddings()
-    for start in range(0, hidden.shape[0], rows):
-        yield head(hidden[start:start + rows]).float()
+    of the whole sequence once, then the model's own `forward` per block of them, so that what it does after its
+    output layer (Gemma 2's soft-capping, Cohere's `logit_scale`, Granite's `logits_scaling`) is transformers' own,
+    and `[len, vocab]` is never held at once."""
+    import dataclasses
+
+    decoder = model.get_decoder()
+    output = decoder(input_ids=torch.tensor([sequence[:-1]]))  # its own output type (MoE decoders add fields)
+    hidden = output.last_hidden_state
+    if not hasattr(model, "forward") or type(model).forward is nn.Module.forward:  # a head alone (`WithHead`)
+        for start in range(0, hidden.shape[1], rows):
+            yield model.get_output_embeddings()(hidden[0, start:start + rows]).float()
+        return
+    cls = type(decoder)
+    original = cls.forward
+    try:
+        for start in range(0, hidden.shape[1], rows):
+            block = hidden[:, start:start + rows]
+            made = dataclasses.replace(output, last_hidden_state=block)
+            cls.forward = lambda self, *args, _made=made, **kwargs: _made
+            yield model(input_ids=torch.zeros(block.shape[:2], dtype=torch.long)).logits[0].float()
+    finally:
+        cls.forward = original

@@ -16,8 +16,9 @@ from . import __version__, accuracy
 from .format import MLXCheckpoint
 
 SCHEMA_VERSION = 1
-SUMMARY_KEYS = ("positions", "max_abs_diff", "mean_abs_diff", "rmse", "min_cosine", "mean_cosine",
-                "top1_agreement", "hard_flips", "mean_kl", "max_kl", "max_dlogprob")
+SUMMARY_KEYS = ("positions", "routing_near_ties", "max_abs_diff", "mean_abs_diff", "rmse", "min_cosine",
+                "mean_cosine", "top1_agreement", "hard_flips", "mean_kl", "max_kl", "max_dlogprob")
+WORST_TIES = 5  # routing near-ties listed per reference, those where the device differs most
 
 
 def environment(vllm_version: str, device_type: str, device_name: str | None) -> dict[str, Any]:
@@ -77,6 +78,7 @@ def build(
             "generated_steps": generated,
             "gates": gate_rows,
             "passed": all(g["passed"] for g in gate_rows),
+            "routing_near_ties": _worst_routing_ties(per_prompt),
         }
     prompts = []
     for i, run in enumerate(runs):
@@ -123,6 +125,17 @@ def build(
     }
 
 
+def _worst_routing_ties(per_prompt: list[accuracy.RowMetrics]) -> list[dict[str, Any]]:
+    """The routing near-ties where the device's logits differ most (lowest cosine), worst first."""
+    rows = []
+    for i, m in enumerate(per_prompt):
+        for pos in accuracy.routing_near_ties(m).nonzero().flatten().tolist():
+            rows.append({"prompt": i, "position": pos, "routing_slack": float(m.routing_slack[pos]),
+                         "cosine": float(m.cosine[pos]), "max_abs_diff": float(m.max_abs[pos]),
+                         "top1_match": bool(m.match[pos])})
+    return sorted(rows, key=lambda r: r["cosine"])[:WORST_TIES]
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "**no**"
@@ -158,6 +171,14 @@ def markdown(result: dict[str, Any]) -> str:
         out += [f"## {title}", ""]
         out += _table(["reference", *SUMMARY_KEYS], [
             [name, *(result["comparisons"][name][section][k] for k in SUMMARY_KEYS)] for name in names
+        ])
+    ties = [(name, t) for name in names for t in result["comparisons"][name]["routing_near_ties"]]
+    if ties:
+        out += ["## Routing near-ties (kept out of the gates: a router's k-th and (k+1)-th experts within BF16 "
+                "rounding's reach)", ""]
+        out += _table(["reference", "prompt", "position", "routing slack", "cosine", "max abs diff", "top-1 match"], [
+            [name, t["prompt"], t["position"], t["routing_slack"], t["cosine"], t["max_abs_diff"], t["top1_match"]]
+            for name, t in ties
         ])
     out += ["## Per step", ""]
     header = ["prompt", "step", "device id", "device token"]

@@ -34,10 +34,11 @@ from typing import Any
 
 import torch
 
-from . import accuracy, report
+from . import accuracy, report, routing
 from .errors import MLXCheckpointError
 from .format import MLXCheckpoint, read_checkpoint
 from .hf_compat import load_tokenizer
+from .routing import Record
 from .vllm import compat
 from .vllm.device_logits import DeviceRun, rows_per_block, run_device
 
@@ -136,10 +137,9 @@ def main(argv: list[str] | None = None) -> int:
 def validate(args: argparse.Namespace, gates: accuracy.Gates) -> int:
     ckpt = read_checkpoint(args.model)
     use_mlx = not args.no_mlx and _mlx_available()
-    if args.no_torch_reference and not use_mlx:
-        raise MLXCheckpointError("validate", "no reference left: MLX is not installed and --no-torch-reference given.")
-    if not args.no_torch_reference:
-        check_memory_for_reference(ckpt)
+    use_torch = not args.no_torch_reference and torch_reference_fits(ckpt)
+    if not use_torch and not use_mlx:
+        raise MLXCheckpointError("validate", "no reference left: MLX is not installed and the torch reference is off.")
     tokenizer = load_tokenizer(args.model)
     chat = bool(tokenizer.chat_template) if args.chat is None else args.chat
     texts = read_prompts(args.prompts)
@@ -160,19 +160,23 @@ def validate(args: argparse.Namespace, gates: accuracy.Gates) -> int:
         )
         log(f"device logits: {sum(r.nbytes for r in runs) / 2**20:.0f} MiB on disk in {work}")
         metrics: dict[str, list[accuracy.RowMetrics]] = {}
-        if not args.no_torch_reference:
+        if use_torch:
             log("phase 2/3: float32 CPU reference (transformers), compared as it is computed")
             from .reference import load_reference, reference_logit_blocks
 
             model = load_reference(ckpt)
-            metrics["torch_fp32"] = compare(runs, lambda seq: reference_logit_blocks(model, seq, rows_per_block(vocab)))
+            with routing.recording_torch(model, ckpt.config) as record:
+                metrics["torch_fp32"] = compare(
+                    runs, lambda seq: reference_logit_blocks(model, seq, rows_per_block(vocab)), record)
             del model
         if use_mlx:
             log("phase 3/3: MLX float32 reference (mlx-lm), compared as it is computed")
             from .mlx_reference import load_float32, logit_blocks
 
             mlx_model = load_float32(args.model, log=log)
-            metrics["mlx_fp32"] = compare(runs, lambda seq: logit_blocks(mlx_model, seq, rows_per_block(vocab)))
+            with routing.recording_mlx(mlx_model, ckpt.config) as record:
+                metrics["mlx_fp32"] = compare(
+                    runs, lambda seq: logit_blocks(mlx_model, seq, rows_per_block(vocab)), record)
             del mlx_model
     log("comparing")
     env = report.environment(compat.vllm_version(), *compat.platform_device())
@@ -189,7 +193,8 @@ def validate(args: argparse.Namespace, gates: accuracy.Gates) -> int:
 
 
 def compare(
-    runs: list[DeviceRun], reference_blocks: Callable[[list[int]], Iterator[torch.Tensor]]
+    runs: list[DeviceRun], reference_blocks: Callable[[list[int]], Iterator[torch.Tensor]],
+    routing: Record | None = None,
 ) -> list[accuracy.RowMetrics]:
     """Per-position metrics of each run against a reference that yields its logits a block of rows at a time:
     only one block of each side is in memory at once.
@@ -197,17 +202,21 @@ def compare(
     Where vLLM sent log-probabilities for the prompt's rows (vLLM 0.18 and 0.23 log-softmax them whatever
     `logprobs_mode` says), each such device row is lifted by the reference row's logsumexp: the device's own
     is not observable, so logit differences there are log-probability differences (KL and top-1 are unaffected).
+    `routing` records the reference's routing slack while it computes a sequence's hidden states (its first block).
     """
     per_prompt = []
     for run in runs:
-        tokens, parts, start = torch.tensor(run.sequence[1:]), [], 0
+        tokens, parts, start, slack = torch.tensor(run.sequence[1:]), [], 0, None
         for ref in reference_blocks(run.sequence):
+            if start == 0 and routing is not None:
+                slack = routing.take()
             stop = start + ref.shape[0]
             dev = run.read(start, stop)
             lift = min(stop, len(run.prompt_ids) - 1) - start if run.prompt_rows_are_logprobs else 0
             if lift > 0:
                 dev[:lift] += ref[:lift].double().logsumexp(-1, keepdim=True).float()
-            parts.append(accuracy.row_metrics(ref, dev, tokens[start:stop]))
+            rows_slack = None if slack is None else slack[start:stop]
+            parts.append(accuracy.row_metrics(ref, dev, tokens[start:stop], rows_slack))
             start = stop
         if start != run.rows:
             raise RuntimeError(f"the reference gave {start} rows for {run.rows} device rows")
@@ -215,12 +224,18 @@ def compare(
     return per_prompt
 
 
-def check_memory_for_reference(ckpt: MLXCheckpoint) -> None:
-    from .reference import check_memory, check_reference_can_load, reference_bytes
+def torch_reference_fits(ckpt: MLXCheckpoint) -> bool:
+    """Whether transformers' model takes this checkpoint's weights (else the column is skipped, with the reason:
+    the MLX column stays), and the host has the memory for it in float32 (else the run stops, saying so)."""
+    from .reference import check_memory, reference_bytes, reference_plan
 
-    check_reference_can_load(ckpt)
+    placed = reference_plan(ckpt)
+    if isinstance(placed, str):
+        log(f"float32 torch reference skipped: {placed}")
+        return False
     log(f"the float32 reference needs about {reference_bytes(ckpt) / 2**30:.2f} GiB of host memory")
     check_memory(ckpt)
+    return True
 
 
 def _mlx_available() -> bool:

@@ -3,15 +3,16 @@ MLX's stored names and tensors become what the vLLM model's own `load_weights` t
 
 One file per family. A dense architecture whose MLX names are the Hugging Face names needs only a line in
 `dense.py`; a family whose mlx-lm `sanitize` renames or stacks tensors gets its own adapter file, and one whose
-`sanitize` changes values attaches the inverse to the weights it changed (`base.Inverse`).
+`sanitize` changes values attaches the inverse to the weights it changed (`stored.Inverse`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..stored import Weight
 from .apertus import ApertusAdapter
-from .base import Adapter, Weight
+from .base import Adapter
 from .deepseek_v3 import DeepseekV3Adapter
 from .dense import DenseAdapter
 from .gemma4 import Gemma4Adapter, Gemma4TextAdapter

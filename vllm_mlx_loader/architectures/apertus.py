@@ -7,8 +7,8 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from ..stored import Entry
-from .base import Adapter, Inverse, Weight
+from ..stored import Entry, Inverse, Weight
+from .base import Adapter
 
 UNSQUEEZE = Inverse("xIELU alpha [] -> [1]", lambda t: t.reshape(1), lambda s: (1,))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .base import Inverse, Weight
+from ..stored import Inverse, Weight
 
 CONV1D_TO_TORCH = Inverse(
     "conv1d [C, K, 1] -> [C, 1, K]", lambda t: t.movedim(1, 2).contiguous(), lambda s: (s[0], s[2], s[1])

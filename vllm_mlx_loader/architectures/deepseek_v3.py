@@ -17,8 +17,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import MLXCheckpointError
-from ..stored import Entry
-from .base import Inverse, Weight, missing_partner
+from ..stored import Entry, Inverse, Weight, missing_partner
 from .moe import StackedExpertsAdapter
 
 _KEY, _VALUE = ".self_attn.embed_q.weight", ".self_attn.unembed_out.weight"

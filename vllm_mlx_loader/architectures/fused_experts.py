@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import MLXCheckpointError
-from .base import Inverse, Weight, missing_partner
+from ..stored import Inverse, Weight, missing_partner
 
 _HALVES = "gate_proj and up_proj (the halves of gate_up_proj)"
 

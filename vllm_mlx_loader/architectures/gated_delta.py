@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
-from .base import Inverse, Weight
+from ..stored import Inverse, Weight
 from .conv import CONV1D_TO_TORCH, in_mlx_layout
 
 NORM_SUFFIXES = (

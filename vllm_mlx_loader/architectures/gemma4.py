@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from ..stored import Entry
-from .base import Adapter, Weight
+from ..stored import Entry, Weight
+from .base import Adapter
 from .fused_experts import FusedExperts
 from .vision_language import LanguageModelOnlyAdapter
 

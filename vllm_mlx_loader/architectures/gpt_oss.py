@@ -19,8 +19,8 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import MLXCheckpointError
-from ..stored import Entry
-from .base import Adapter, Inverse, Weight, missing_partner
+from ..stored import Entry, Inverse, Weight, missing_partner
+from .base import Adapter
 
 _EXPERTS = re.compile(r"(model\.layers\.\d+\.mlp\.experts)\.(gate_proj|up_proj|down_proj)\.(weight|bias)")
 _HALVES = "gate_proj and up_proj (the halves of gate_up_proj)"

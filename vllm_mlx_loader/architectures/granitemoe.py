@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from ..stored import Entry
-from .base import Adapter, Weight
+from ..stored import Entry, Weight
+from .base import Adapter
 from .conv import restore_conv
 from .fused_experts import FusedExperts
 

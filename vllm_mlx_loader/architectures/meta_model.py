@@ -173,9 +173,20 @@ def _causal_lm_class(text_config: Any) -> Any:
     class WithHead(torch.nn.Module):
         def __init__(self, config: Any) -> None:
             super().__init__()
+            self.config = config
             self.model = base(config)
             self.lm_head = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-            if config.tie_word_embeddings:
+            self.tie_weights()
+
+        # what validate's torch reference asks of a causal language model
+        def get_decoder(self) -> torch.nn.Module:
+            return self.model
+
+        def get_output_embeddings(self) -> torch.nn.Module:
+            return self.lm_head
+
+        def tie_weights(self) -> None:
+            if self.config.tie_word_embeddings:
                 self.lm_head.weight = self.model.get_input_embeddings().weight
 
     return WithHead

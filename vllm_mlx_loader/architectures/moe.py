@@ -10,8 +10,8 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from ..errors import MLXCheckpointError
-from ..stored import Entry
-from .base import Adapter, Weight
+from ..stored import Entry, Weight
+from .base import Adapter
 from .meta_model import build_config, config_field, model_shapes, positive_int
 
 # a decoder layer's name (Nemotron-H's checkpoints call the model `backbone`)

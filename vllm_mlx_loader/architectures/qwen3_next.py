@@ -8,8 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from ..stored import Entry
-from .base import Weight
+from ..stored import Entry, Weight
 from .gated_delta import undo_sanitize
 from .moe import StackedExpertsAdapter
 

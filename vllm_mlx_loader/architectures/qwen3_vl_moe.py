@@ -7,8 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from ..stored import Entry
-from .base import Weight
+from ..stored import Entry, Weight
 from .fused_experts import FusedExperts
 from .vision_language import LanguageModelOnlyAdapter
 

@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from ..errors import MLXCheckpointError
-from ..stored import Entry
-from .base import Adapter, Weight
+from ..stored import Entry, Weight
+from .base import Adapter
 
 RENAMES = (("language_model.model.", "model.language_model."), ("language_model.lm_head.", "lm_head."))
 # a vision tower and its projector, as mlx-vlm stores them (mlx-lm drops them) and as transformers names them

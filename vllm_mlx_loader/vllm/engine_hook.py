@@ -25,8 +25,10 @@ from vllm.logger import init_logger
 from ..architectures import adapter_for, holds_language_model_only
 from ..errors import MLXCheckpointError
 from ..files import read_json
-from ..format import is_mlx_config, is_unquantized_mlx_conversion, read_checkpoint
+from ..format import read_checkpoint
 from ..hf_compat import QUANTIZATION_CONFIG, WithoutQuantizationConfig, drop_quantization_config
+from ..quantization import is_mlx_config
+from ..shards import is_unquantized_mlx_conversion
 from . import compat
 from .loader import LOAD_FORMATS
 

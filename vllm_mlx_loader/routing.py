@@ -1,0 +1,146 @@
+"""Routing near-ties: positions where a mixture-of-experts router of a reference chose its k-th expert over the
+(k+1)-th by less than rounding to BF16 can move their scores. A device that computes in BF16 may route such a
+position to the other expert, and its logits there differ by far more than rounding (a min cosine of 0.75 on the
+tiny Qwen3-MoE fixture) although nothing is wrong. validate reports these positions and keeps them out of its
+per-position gates, the way a top-1 flip between near-tied logits is not a hard flip.
+
+The bound is derived per position and expert from the router's own input x and weights w: rounding x and w to
+BF16 moves each product x_i w_ei by a relative 2^-9 at most, independently, so the score moves by about
+3 standard deviations of their sum, 3 * 2^-9 * sqrt(2/3 * sum_i x_i^2 w_ei^2) (the worst case, a plain sum of
+|x_i w_ei| 2^-8, would call most positions of a small model ties). The slack of a position is the margin less
+the k-th and (k+1)-th experts' bounds, its minimum over every MoE layer; negative is a near-tie. Routers that
+select on sigmoid scores plus a correction bias (DeepSeek-V3) are compared in that space, the bound scaled by
+the sigmoid's slope; group-limited selection is not modelled (ties are looked for among all experts).
+
+Both references record it while they compute: transformers' routers through forward hooks, mlx-lm's by wrapping
+the router modules for the run. Codes, scales and biases of a quantized MLX router go through MLX alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+TOP_K_KEYS = ("num_experts_per_tok", "moe_topk", "top_k", "num_experts_per_token")
+NUM_EXPERTS_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+ROUTER_NAMES = ("gate", "router")  # the router's module name in its MoE block (`mlp.gate`, `mlp.router`)
+_SPREAD = 3 * 2.0**-9 * math.sqrt(2 / 3)
+
+
+def experts_and_top_k(config: dict[str, Any]) -> tuple[int, int] | None:
+    """(experts, k) of an MoE config (its text config for a vision-language model); None for a dense model."""
+    text = config.get("text_config") or config
+    experts = next((text[k] for k in NUM_EXPERTS_KEYS if isinstance(text.get(k), int) and text[k] > 1), None)
+    top_k = next((text[k] for k in TOP_K_KEYS if isinstance(text.get(k), int) and text[k] > 0), None)
+    return (experts, top_k) if experts and top_k and top_k < experts else None
+
+
+def slack(scores: torch.Tensor, reach: torch.Tensor, k: int) -> torch.Tensor:
+    """Per row of `[rows, experts]` selection scores and their rounding bounds: the margin between the k-th and
+    (k+1)-th experts less both experts' bounds."""
+    order = scores.argsort(dim=-1, descending=True)
+    kth, next_ = order[:, k - 1:k], order[:, k:k + 1]
+    margin = scores.gather(-1, kth) - scores.gather(-1, next_)
+    return (margin - reach.gather(-1, kth) - reach.gather(-1, next_))[:, 0]
+
+
+def router_slack(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 correction: torch.Tensor | None, k: int) -> torch.Tensor:
+    """The slack (`slack`) of each row of router input `x` `[rows, hidden]`, in float64."""
+    x, w = x.double().reshape(-1, x.shape[-1]), weight.double()
+    logits = x @ w.T + (bias.double() if bias is not None else 0.0)
+    reach = _SPREAD * ((x * x) @ (w * w).T).sqrt()
+    if correction is None:
+        return slack(logits, reach, k)
+    sig = logits.sigmoid()
+    return slack(sig + correction.double(), reach * sig * (1 - sig), k)
+
+
+class Record:
+    """Per position of the last sequence a reference ran: the minimum slack over its routers (None: no router)."""
+
+    def __init__(self) -> None:
+        self.layers: list[torch.Tensor] = []
+
+    def add(self, values: torch.Tensor) -> None:
+        self.layers.append(values.flatten().double())
+
+    def take(self) -> torch.Tensor | None:
+        """The minimum over layers of what was recorded since the last call, and start afresh."""
+        layers, self.layers = self.layers, []
+        return torch.stack(layers).amin(0) if layers else None
+
+
+def _torch_routers(model: torch.nn.Module, experts: int) -> list[torch.nn.Module]:
+    return [m for name, m in model.named_modules() if name.rpartition(".")[2] in ROUTER_NAMES
+            and isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() == 2
+            and m.weight.shape[0] == experts]
+
+
+@contextmanager
+def recording_torch(model: torch.nn.Module, config: dict[str, Any]) -> Iterator[Record | None]:
+    """Record the routing slack of transformers' `model` while the block runs (None for a dense model)."""
+    moe = experts_and_top_k(config)
+    routers = _torch_routers(model, moe[0]) if moe else []
+    if not routers:
+        yield None
+        return
+    record, k = Record(), moe[1]
+
+    def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        bias = getattr(module, "bias", None)
+        correction = getattr(module, "e_score_correction_bias", None)
+        record.add(router_slack(args[0], module.weight, bias if isinstance(bias, torch.Tensor) else None,
+                                correction, k))
+
+    handles = [m.register_forward_pre_hook(hook) for m in routers]
+    try:
+        yield record
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def recording_mlx(model: Any, config: dict[str, Any]) -> Iterator[Record | None]:
+    """Record the routing slack of mlx-lm's `model` while the block runs (None for a dense model, or one whose
+    routers are not plain (quantized) linear layers, as DeepSeek-V3's `MoEGate`)."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    import numpy as np
+    from mlx.utils import tree_unflatten
+
+    moe = experts_and_top_k(config)
+    found = [(name, m) for name, m in model.named_modules() if name.rpartition(".")[2] in ROUTER_NAMES
+             and isinstance(m, nn.Linear | nn.QuantizedLinear)] if moe else []
+    record, k = Record(), moe[1] if moe else 0
+
+    class Recording(nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+            if isinstance(inner, nn.QuantizedLinear):
+                w = mx.dequantize(inner.weight, inner.scales, inner.get("biases"), group_size=inner.group_size,
+                                  bits=inner.bits, mode=getattr(inner, "mode", "affine"))
+            else:
+                w = inner.weight
+            self.dense = torch.from_numpy(np.array(w.astype(mx.float32)))
+            self.bias = torch.from_numpy(np.array(inner["bias"].astype(mx.float32))) if "bias" in inner else None
+
+        def __call__(self, x: Any) -> Any:
+            record.add(router_slack(torch.from_numpy(np.array(x.astype(mx.float32))), self.dense, self.bias, None, k))
+            return self.inner(x)
+
+    routers = [(name, m) for name, m in found if m.weight.shape[0] == moe[0]]
+    if not routers:
+        yield None
+        return
+    model.update_modules(tree_unflatten([(name, Recording(m)) for name, m in routers]))
+    try:
+        yield record
+    finally:
+        model.update_modules(tree_unflatten(routers))
