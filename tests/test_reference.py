@@ -141,3 +141,14 @@ def test_routing_near_ties_are_counted_and_kept_out_of_the_gated_summaries() -> 
     tied = accuracy.summarize(accuracy.row_metrics(ref, dev, tokens, torch.tensor([1.0, -0.01, 1.0])))
     assert tied["routing_near_ties"] == 1 and tied["positions"] == 3
     assert tied["hard_flips"] == 0 and tied["top1_agreement"] == 1.0 and tied["min_cosine"] > 0.99
+
+
+def test_nonfinite_device_rows_are_counted_apart_and_fail_their_gate() -> None:
+    from vllm_mlx_loader import accuracy
+
+    ref = torch.tensor([[4.0, 0.0, 0.0], [4.0, 0.0, 0.0], [4.0, 0.0, 0.0]])
+    dev = torch.tensor([[4.0, 0.0, 0.0], [float("nan"), 0.0, 0.0], [4.0, float("inf"), 0.0]])
+    summary = accuracy.summarize(accuracy.row_metrics(ref, dev, torch.tensor([0, 0, 0])))
+    assert summary["nonfinite_positions"] == 2 and summary["min_cosine"] == 1.0
+    gates = {g["metric"]: g["passed"] for g in accuracy.check_gates(summary, summary, accuracy.Gates())}
+    assert gates["nonfinite_positions"] is False and gates["min_cosine"] is True

@@ -137,3 +137,27 @@ def test_moe_fixture_runs_both_columns_and_reports_routing_near_ties(checkpoints
     bad = json.loads((tmp_path / "bad" / "accuracy.json").read_text())
     assert code == 1 and bad["comparisons"]["mlx_fp32"]["teacher_forced"]["hard_flips"] > 0
     assert "mlx_fp32.hard_flips" in bad["failed"]
+
+
+def test_nan_device_logits_fail_the_gates_by_name(checkpoints, tmp_path, monkeypatch, capfd) -> None:
+    """A device that computes NaN (here: one BF16 weight element of the device's copy; the float32 references are
+    clean) fails `nonfinite_positions` at every position in both columns, instead of stopping with a
+    misleading "is max_logprobs -1?"."""
+    original = weights._dequantize
+
+    def nan_on_the_device(module, lead, reader, dtype, *args, **kwargs):
+        dense = original(module, lead, reader, dtype, *args, **kwargs)
+        if module.path == "model.layers.1.mlp.down_proj" and dtype == torch.bfloat16:
+            dense.view(-1)[0] = float("nan")
+        return dense
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    monkeypatch.setattr(weights, "_dequantize", nan_on_the_device)
+    code = validate.main([str(checkpoints["q4g128"]), "--output", str(tmp_path), "--no-long-prompt",
+                          "--executor-backend", "uni", *FAST])
+    result = json.loads((tmp_path / "accuracy.json").read_text())
+    assert code == 1
+    for name, comparison in result["comparisons"].items():
+        summary = comparison["teacher_forced"]
+        assert summary["nonfinite_positions"] == summary["positions"] > 0
+        assert f"{name}.nonfinite_positions" in result["failed"]

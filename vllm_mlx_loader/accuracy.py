@@ -40,6 +40,8 @@ class RowMetrics:
     # the reference's routing slack (`routing.py`): negative where a router's choice was a near-tie; +inf for a
     # dense model
     routing_slack: torch.Tensor
+    # the device's row holds NaN or an infinity (its other metrics are then computed as if it equalled the reference's)
+    nonfinite: torch.Tensor
 
 
 def row_metrics(reference: torch.Tensor, device: torch.Tensor, next_tokens: torch.Tensor,
@@ -50,6 +52,8 @@ def row_metrics(reference: torch.Tensor, device: torch.Tensor, next_tokens: torc
         raise ValueError(f"shapes differ: reference {tuple(reference.shape)}, device {tuple(device.shape)}, "
                          f"tokens {tuple(next_tokens.shape)}")
     ref, dev = reference.double(), device.double()
+    nonfinite = ~torch.isfinite(dev).all(-1)
+    dev = torch.where(nonfinite.unsqueeze(-1), ref, dev)
     diff = (dev - ref).abs()
     ref_lp, dev_lp = ref.log_softmax(-1), dev.log_softmax(-1)
     top2 = ref.topk(2, dim=-1)
@@ -70,6 +74,7 @@ def row_metrics(reference: torch.Tensor, device: torch.Tensor, next_tokens: torc
         dev_top1=dev_top1,
         routing_slack=torch.full((ref.shape[0],), math.inf, dtype=torch.float64) if routing_slack is None
         else routing_slack.double(),
+        nonfinite=nonfinite,
     )
 
 
@@ -86,14 +91,17 @@ def routing_near_ties(m: RowMetrics) -> torch.Tensor:
 
 
 def summarize(m: RowMetrics) -> dict[str, float | int]:
-    """Summaries over every position but the routing near-ties (which `routing_near_ties` counts): a device may
-    route those to another expert, as a top-1 flip between near-tied logits is not a hard flip."""
+    """Summaries over every position but the routing near-ties (which `routing_near_ties` counts: a device may
+    route those to another expert, as a top-1 flip between near-tied logits is not a hard flip) and the positions
+    where the device's logits are not finite (`nonfinite_positions`, a gate of its own)."""
     n = int(m.match.numel())
-    ties = routing_near_ties(m)
-    if bool(ties.any()) and not bool(ties.all()):
-        m = select(m, ~ties)
+    ties, nonfinite = routing_near_ties(m), m.nonfinite
+    left_out = ties | nonfinite
+    if bool(left_out.any()) and not bool(left_out.all()):
+        m = select(m, ~left_out)
     return {
         "positions": n,
+        "nonfinite_positions": int(nonfinite.sum()),
         "routing_near_ties": int(ties.sum()),
         "max_abs_diff": float(m.max_abs.max()),
         "mean_abs_diff": float(m.mean_abs.mean()),
@@ -115,9 +123,11 @@ def check_gates(
     """One row per gate: metric, value, limit, passed.
 
     The |delta logprob| gate is on the tokens the device chose (generated steps): on prompt tokens the
-    model finds unlikely, delta logprob is about the raw logit error, which `max_abs_diff` reports.
+    model finds unlikely, delta logprob is about the raw logit error, which `max_abs_diff` reports. Device logits
+    that are NaN or infinite at any position fail `nonfinite_positions`, whatever the other gates say.
     """
     rows = [
+        ("nonfinite_positions", teacher_forced["nonfinite_positions"], "<=", 0),  # NaN or inf: always a failure
         ("min_cosine", teacher_forced["min_cosine"], ">=", gates.min_cosine),
         ("top1_agreement", teacher_forced["top1_agreement"], ">=", gates.min_top1),
         ("hard_flips", teacher_forced["hard_flips"], "<=", gates.max_hard_flips),

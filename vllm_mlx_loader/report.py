@@ -16,8 +16,8 @@ from . import __version__, accuracy
 from .format import MLXCheckpoint
 
 SCHEMA_VERSION = 1
-SUMMARY_KEYS = ("positions", "routing_near_ties", "max_abs_diff", "mean_abs_diff", "rmse", "min_cosine",
-                "mean_cosine", "top1_agreement", "hard_flips", "mean_kl", "max_kl", "max_dlogprob")
+SUMMARY_KEYS = ("positions", "nonfinite_positions", "routing_near_ties", "max_abs_diff", "mean_abs_diff", "rmse",
+                "min_cosine", "mean_cosine", "top1_agreement", "hard_flips", "mean_kl", "max_kl", "max_dlogprob")
 WORST_TIES = 5  # routing near-ties listed per reference, those where the device differs most
 
 

@@ -87,13 +87,15 @@ class _RowWriter:
             self.prompt_targets += ids[:, 0].tolist()
         step = rows_per_block(self.vocab)
         for a in range(0, ids.shape[0], step):
-            block = torch.full((min(step, ids.shape[0] - a), self.vocab), float("nan"))
-            block.scatter_(1, ids[a:a + step].long(), values[a:a + step].float())
-            if torch.isnan(block).any():
+            rows = min(step, ids.shape[0] - a)
+            block = torch.zeros(rows, self.vocab).scatter_(1, ids[a:a + step].long(), values[a:a + step].float())
+            # coverage is checked apart from the values: a device's own NaN logits are kept for the gates to count
+            if not torch.zeros(rows, self.vocab, dtype=torch.bool).scatter_(1, ids[a:a + step].long(), True).all():
                 raise RuntimeError(f"vLLM returned logits for fewer than {self.vocab} tokens: is max_logprobs -1?")
             if prompt:
-                lse = float(block.double().logsumexp(-1).abs().max())
-                self.prompt_logsumexp = max(self.prompt_logsumexp, lse)
+                lse = block.double().logsumexp(-1).abs()
+                lse = lse[torch.isfinite(lse)]
+                self.prompt_logsumexp = max(self.prompt_logsumexp, float(lse.max()) if lse.numel() else 0.0)
             self._open[0 if prompt else 1].write(block.numpy().tobytes())
 
     def close(self) -> None:
