@@ -152,3 +152,22 @@ def test_nonfinite_device_rows_are_counted_apart_and_fail_their_gate() -> None:
     assert summary["nonfinite_positions"] == 2 and summary["min_cosine"] == 1.0
     gates = {g["metric"]: g["passed"] for g in accuracy.check_gates(summary, summary, accuracy.Gates())}
     assert gates["nonfinite_positions"] is False and gates["min_cosine"] is True
+
+
+@pytest.mark.parametrize("variant", ["q4g128", "mixed_3_6", "mixed_modes", "nvfp4", "tied", "gemma3", "qwen3_moe",
+                                     "gpt_oss", "qwen3_next", "deepseek_v3"])
+def test_mlx_column_on_torch_blas_computes_mlx_lms_own_logits(variant, checkpoints) -> None:
+    """The MLX column's products on torch (`mlx_products`): every mode, tied embeddings, sliding-window masks,
+    expert stacks, attention sinks and biases (gpt-oss), gated DeltaNet (Qwen3-Next), MLA (DeepSeek-V3) give
+    mlx-lm's own quantized-matmul logits, whether the dequantized layers are kept or made one at a time."""
+    from vllm_mlx_loader.mlx_products import on_torch_blas
+
+    model = load_float32(checkpoints[variant])
+    sequence = [3 + (i * 37) % 1000 for i in range(300)]
+    own = first_block(logit_blocks(model, sequence, 64))
+    with on_torch_blas():
+        ours = first_block(logit_blocks(model, sequence, 64))
+    with on_torch_blas(keep_dense=True):
+        kept = first_block(logit_blocks(model, sequence, 64))
+    assert (ours - own).abs().max() < 1e-4 * own.abs().max()
+    assert torch.equal(ours, kept)

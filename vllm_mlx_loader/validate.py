@@ -171,10 +171,15 @@ def validate(args: argparse.Namespace, gates: accuracy.Gates) -> int:
             del model
         if use_mlx:
             log("phase 3/3: MLX float32 reference (mlx-lm), compared as it is computed")
+            from .mlx_products import on_torch_blas
             from .mlx_reference import load_float32, logit_blocks
+            from .reference import available_bytes, reference_bytes
 
             mlx_model = load_float32(args.model, log=log)
-            with routing.recording_mlx(mlx_model, ckpt.config) as record:
+            keep = reference_bytes(ckpt) * 1.15 < available_bytes()
+            log("MLX column: mx.dequantize per layer, products on torch's BLAS; dequantized layers "
+                + ("kept for the run" if keep else "made one at a time (not enough host memory to keep them)"))
+            with on_torch_blas(keep_dense=keep), routing.recording_mlx(mlx_model, ckpt.config) as record:
                 metrics["mlx_fp32"] = compare(
                     runs, lambda seq: logit_blocks(mlx_model, seq, rows_per_block(vocab)), record)
             del mlx_model
