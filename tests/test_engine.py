@@ -53,12 +53,12 @@ NO_MLX_PARITY = {"deepseek_v3"}
 # mixed_modes' attention 8-bit ones, every family fixture 4-bit g64. Float modes: mixed_modes runs all three
 # (mxfp4 MLPs, nvfp4 embeddings, mxfp8 lm_head), gpt_oss mxfp4 experts. Tied embeddings: `tied` and gemma3.
 DEQUANTIZATION_ONLY = {"q3g64", "q6g64", "q8g32", "q4g64", "mxfp4", "mxfp8", "nvfp4", "llama_tied"}
-# MoE fixtures whose routers are probed for near-ties in MLX float32 (mlx-lm module, its MoE block class): a prompt
-# position where the k-th and (k+1)-th experts' router logits lie closer than BF16 rounding of the router's input
-# and weights can move them may route to another expert in vLLM; the steps it feeds are not compared. Seen on a
-# gpt-oss fixture CI trained: margin 0.001 at a prompt position, MLX's next-but-one token then led by 1.58. Tokens
+# MoE fixtures whose routers are probed for near-ties in MLX float32 (`vllm_mlx_loader.routing`, as validate does): a
+# prompt position where the k-th and (k+1)-th experts' router logits lie closer than BF16 rounding of the router's
+# input and weights can move them may route to another expert in vLLM; the steps it feeds are not compared. Seen on
+# a gpt-oss fixture CI trained: margin 0.001 at a prompt position, MLX's next-but-one token then led by 1.58. Tokens
 # are still compared in full where they agree; log-probs up to the first such position
-ROUTER_PROBES = {"gpt_oss": ("mlx_lm.models.gpt_oss", "MLPBlock")}
+ROUTER_PROBES = {"gpt_oss"}
 
 
 def generate_and_compare(path, tokenizer, label: str, **llm_kwargs):
@@ -98,45 +98,23 @@ def steps_before_a_routing_tie(path, label: str, prompt: list[int], tokens: list
     within BF16's reach of choosing another expert (`ROUTER_PROBES`); all of them where none is."""
     if label not in ROUTER_PROBES:
         return MAX_TOKENS
-    slack = router_slack(path, *ROUTER_PROBES[label], [*prompt, *tokens])
+    slack = router_slack(path, [*prompt, *tokens])
     tie = next((p for p, s in enumerate(slack) if s < 0), None)
     return MAX_TOKENS if tie is None else max(0, tie - len(prompt) + 1)
 
 
-def router_slack(path, module: str, block: str, sequence: list[int]) -> list[float]:
-    """Per position of `sequence`, over every MoE layer: the margin between the k-th and (k+1)-th router logits in MLX
-    float32, less what rounding the router's input and weights to BF16 moves each (three standard deviations of the
-    rounding errors' sum); negative where the choice of expert is a near-tie."""
-    import importlib
+def router_slack(path, sequence: list[int]) -> list[float]:
+    """Per position of `sequence`: MLX float32's routing slack (`routing.router_slack`, minimum over every MoE layer);
+    negative where the choice of expert is a near-tie."""
+    import json
 
-    import mlx.core as mx
-    import mlx.nn as nn
-
+    from vllm_mlx_loader import routing
     from vllm_mlx_loader.mlx_reference import load_float32, logit_blocks
 
-    cls = getattr(importlib.import_module(module), block)
-    original, slacks = cls.__call__, []
-
-    def recording(self, x):
-        r = self.router
-        w = mx.dequantize(r.weight, r.scales, r.biases, group_size=r.group_size, bits=r.bits, mode=r.mode) \
-            if isinstance(r, nn.QuantizedLinear) else r.weight
-        # rounding x and w to BF16 moves each product x_i w_ei by a relative 2^-9 at most, independently: three
-        # standard deviations of the sum (a worst-case sum over every i would call most positions of a tiny model ties)
-        g, reach = r(x), 3 * 2.0**-9 * mx.sqrt(2 / 3 * (x * x) @ (w.astype(mx.float32) ** 2).T)
-        order = mx.argsort(-g, axis=-1)
-        k = self.num_experts_per_tok
-        kth, next_ = order[..., k - 1:k], order[..., k:k + 1]
-        margin = mx.take_along_axis(g, kth, -1) - mx.take_along_axis(g, next_, -1)
-        slacks.append((margin - mx.take_along_axis(reach, kth, -1) - mx.take_along_axis(reach, next_, -1))[0, :, 0])
-        return original(self, x)
-
-    cls.__call__ = recording
-    try:
-        list(logit_blocks(load_float32(path), [*sequence, 0], len(sequence)))
-    finally:
-        cls.__call__ = original
-    return [float(v) for v in mx.min(mx.stack(slacks), axis=0)[: len(sequence)]]
+    model = load_float32(path)
+    with routing.recording_mlx(model, json.loads((path / "config.json").read_text())) as record:
+        list(logit_blocks(model, [*sequence, 0], len(sequence)))
+    return record.take()[: len(sequence)].tolist()
 
 
 def mlx_float32_gap(path, sequence: list[int], mlx_token: int, other: int) -> float:

@@ -53,7 +53,7 @@ def reference_plan(ckpt: MLXCheckpoint) -> dict[str, Placement] | str:
         model = build_model(ckpt.config, where, text_only=_text_only(ckpt))
     except MLXCheckpointError as e:
         return f"transformers cannot build it ({e.problem})"
-    return _plan(ckpt, model)
+    return _plan(ckpt, model, _model_tensors(model, _text_only(ckpt)))
 
 
 def _text_only(ckpt: MLXCheckpoint) -> bool:
@@ -74,10 +74,9 @@ def _model_tensors(model: nn.Module, text_only: bool) -> dict[str, torch.Tensor]
     return tensors
 
 
-def _plan(ckpt: MLXCheckpoint, model: nn.Module) -> dict[str, Placement] | str:
+def _plan(ckpt: MLXCheckpoint, model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, Placement] | str:
     import transformers
 
-    tensors = _model_tensors(model, _text_only(ckpt))
     placed = plan(((w.name, w.shape) for w in ckpt.weights), model, {n: tuple(t.shape) for n, t in tensors.items()},
                   ckpt.config.get("model_type", ""))
     if isinstance(placed, str):
@@ -96,12 +95,13 @@ def load_reference(ckpt: MLXCheckpoint) -> nn.Module:
     from .architectures.meta_model import build_model
 
     where = str(ckpt.directory / "config.json")
-    model = build_model(ckpt.config, where, text_only=_text_only(ckpt), device="cpu")
+    text_only = _text_only(ckpt)
+    model = build_model(ckpt.config, where, text_only=text_only, device="cpu")
     model.float().eval()
-    placed = _plan(ckpt, model)
+    tensors = _model_tensors(model, text_only)
+    placed = _plan(ckpt, model, tensors)
     if isinstance(placed, str):
         raise MLXCheckpointError(str(ckpt.directory), f"the float32 torch reference cannot take it: {placed}.")
-    tensors = _model_tensors(model, _text_only(ckpt))
     # one dense tensor at a time: peak memory is the model plus one weight
     for name, tensor in iter_dense_weights(ckpt, "cpu", torch.float32):
         with torch.no_grad():
@@ -122,7 +122,7 @@ def reference_logit_blocks(model: nn.Module, sequence: list[int], rows: int) -> 
     decoder = model.get_decoder()
     output = decoder(input_ids=torch.tensor([sequence[:-1]]))  # its own output type (MoE decoders add fields)
     hidden = output.last_hidden_state
-    if not hasattr(model, "forward") or type(model).forward is nn.Module.forward:  # a head alone (`WithHead`)
+    if type(model).forward is nn.Module.forward:  # a head alone (`WithHead`)
         for start in range(0, hidden.shape[1], rows):
             yield model.get_output_embeddings()(hidden[0, start:start + rows]).float()
         return
