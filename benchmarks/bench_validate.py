@@ -4,9 +4,10 @@
 
 Runs validate in a child process exactly as a user would (default prompts, the long prompt, 32 tokens unless
 VALIDATE_ARGS say otherwise), samples the RSS of its whole process tree (vLLM's engine runs in children)
-every 50 ms, and splits time and peak by validate's own phases: setup, device (vLLM), torch_fp32, mlx_fp32,
-report. Made for Qwen3's 151,936-token vocabulary, where logits dominate: make a checkpoint of that shape
-with `python benchmarks/synthetic_checkpoint.py DIR --shape qwen3-0.6b --tokenizer .cache/fixtures/q4g128`.
+every 50 ms (the tree's sum and its largest process), and splits time and peaks by validate's own phases:
+setup, device (vLLM), torch_fp32, mlx_fp32, report. Made for Qwen3's 151,936-token vocabulary, where logits
+dominate: make a checkpoint of that shape with
+`python benchmarks/synthetic_checkpoint.py DIR --shape qwen3-0.6b --tokenizer .cache/fixtures/q4g128`.
 """
 
 from __future__ import annotations
@@ -47,11 +48,13 @@ def run(model: Path, validate_args: list[str]) -> dict:
         raise RuntimeError(f"validate exited with {proc.returncode}:\n{''.join(tail)}")
     ends = [t for _, t in marks[1:]] + [total]
     phases = {
-        name: {"wall_s": round(end - begin, 1), "peak_rss_gib": round(rss.peaks.get(name, 0) / 2**30, 2)}
+        name: {"wall_s": round(end - begin, 1), "peak_rss_gib": round(rss.peaks.get(name, 0) / 2**30, 2),
+               "largest_process_gib": round(rss.largest.get(name, 0) / 2**30, 2)}
         for (name, begin), end in zip(marks, ends, strict=True)
     }
     return {"command": " ".join(cmd), "exit": proc.returncode, "wall_s": round(total, 1),
-            "peak_rss_gib": round(rss.peak / 2**30, 2), "phases": phases}
+            "peak_rss_gib": round(rss.peak / 2**30, 2),
+            "largest_process_gib": round(max(rss.largest.values(), default=0) / 2**30, 2), "phases": phases}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,10 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv[:cut])  # what follows -- goes to validate
     result = run(args.model, argv[cut + 1:])
     result["machine"] = {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
-    print(f"validate {args.model}: {result['wall_s']} s, peak RSS {result['peak_rss_gib']} GiB (exit {result['exit']})")
-    print(f"{'phase':<12}{'wall s':>10}{'peak RSS GiB':>15}")
+    print(f"validate {args.model}: {result['wall_s']} s, peak RSS {result['peak_rss_gib']} GiB, largest process "
+          f"{result['largest_process_gib']} GiB (exit {result['exit']})")
+    print(f"{'phase':<12}{'wall s':>10}{'peak RSS GiB':>15}{'largest GiB':>14}")
     for name, figures in result["phases"].items():
-        print(f"{name:<12}{figures['wall_s']:>10}{figures['peak_rss_gib']:>15}")
+        print(f"{name:<12}{figures['wall_s']:>10}{figures['peak_rss_gib']:>15}{figures['largest_process_gib']:>14}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -11,13 +11,15 @@ import psutil
 class TreeRSS:
     """`with TreeRSS(pid) as rss: ...` samples the tree's RSS; `rss.phase = name` attributes what follows.
 
-    `rss.peaks[name]` is the tree's peak RSS in bytes during that phase, `rss.peak` the overall one. Setting a
-    phase samples at once, so a phase shorter than the interval still gets a figure."""
+    `rss.peaks[name]` is the tree's peak RSS in bytes during that phase, `rss.peak` the overall one;
+    `rss.largest[name]` the peak of its largest single process. Setting a phase samples at once, so a phase shorter
+    than the interval still gets a figure."""
 
     def __init__(self, pid: int, phase: str = "run", interval_s: float = 0.05) -> None:
         self.root = psutil.Process(pid)
         self.interval_s = interval_s
         self.peaks: dict[str, int] = {}
+        self.largest: dict[str, int] = {}
         self._lock = threading.Lock()
         self._phase = phase
         self._done = threading.Event()
@@ -45,23 +47,24 @@ class TreeRSS:
         self._done.set()
         self._thread.join()
 
-    def _tree_rss(self) -> int:
+    def _tree_rss(self) -> list[int]:
         # A child may exit between listing and reading: count the ones still there rather than drop the sample.
         try:
             procs = [self.root, *self.root.children(recursive=True)]
         except psutil.Error:
-            return 0
-        total = 0
+            return []
+        sizes = []
         for proc in procs:
             with contextlib.suppress(psutil.Error):
-                total += proc.memory_info().rss
-        return total
+                sizes.append(proc.memory_info().rss)
+        return sizes
 
     def _record(self) -> None:
-        rss = self._tree_rss()
-        if rss:
+        sizes = self._tree_rss()
+        if sizes:
             with self._lock:
-                self.peaks[self._phase] = max(self.peaks.get(self._phase, 0), rss)
+                self.peaks[self._phase] = max(self.peaks.get(self._phase, 0), sum(sizes))
+                self.largest[self._phase] = max(self.largest.get(self._phase, 0), max(sizes))
 
     def _sample(self) -> None:
         while not self._done.wait(self.interval_s):

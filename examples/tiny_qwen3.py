@@ -19,12 +19,12 @@ one-layer vision tower that mlx-lm drops; gpt-oss stored as OpenAI publishes it 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -71,10 +71,17 @@ def mixed_modes_predicate(path: str, module) -> dict | bool:
     return {"group_size": 32, "bits": 8, "mode": "mxfp8"}
 
 
-def convert_mixed_modes(src: Path, out: Path) -> None:
-    from mlx_lm.convert import convert
+def mlx_lm_convert(src: Path, out: Path, args: list[str]) -> None:
+    """`mlx_lm.convert --hf-path SRC --mlx-path OUT ARGS` as its command line runs it (its own parser, its own
+    `convert`), in this process: the command's start-up, ~5 s of imports, is paid once, not per variant.
+    `--mixed-modes` takes `mixed_modes_predicate` through the same function (its Python API)."""
+    from mlx_lm.convert import configure_parser, convert
 
-    convert(str(src), str(out), quantize=True, quant_predicate=mixed_modes_predicate)
+    with contextlib.redirect_stdout(io.StringIO()):
+        if args == ["--mixed-modes"]:
+            convert(str(src), str(out), quantize=True, quant_predicate=mixed_modes_predicate)
+        else:
+            convert(**vars(configure_parser().parse_args(["--hf-path", str(src), "--mlx-path", str(out), *args])))
 
 CAPITALS = {
     "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Japan": "Tokyo",
@@ -344,11 +351,7 @@ def build_variant(root: Path, name: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     out = tmp / "model"
     print(f"mlx_lm.convert {' '.join(args)} -> {dst}", flush=True)
-    if args == ["--mixed-modes"]:
-        command = [sys.executable, __file__, "--convert-mixed-modes", str(src), str(out)]
-    else:
-        command = [sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(src), "--mlx-path", str(out), *args]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    mlx_lm_convert(src, out, args)
     _publish(out, dst)
     shutil.rmtree(tmp)
     return dst
@@ -356,15 +359,9 @@ def build_variant(root: Path, name: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out_dir", type=Path, nargs="?")
+    parser.add_argument("out_dir", type=Path)
     parser.add_argument("--variants", nargs="+", default=["q4g128"], choices=[*sorted(VARIANTS), "all"])
-    parser.add_argument("--convert-mixed-modes", nargs=2, type=Path, metavar=("SRC", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.convert_mixed_modes:
-        convert_mixed_modes(*args.convert_mixed_modes)
-        return 0
-    if args.out_dir is None:
-        parser.error("OUT_DIR is required")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for name in sorted(VARIANTS) if "all" in args.variants else args.variants:
         path = build_variant(args.out_dir, name)

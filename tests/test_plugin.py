@@ -162,21 +162,31 @@ def test_every_private_api_the_plugin_uses_is_where_it_expects() -> None:
 
 
 def test_a_replaced_method_whose_parameters_changed_is_refused(monkeypatch) -> None:
-    from vllm.v1.engine.logprobs import LogprobsProcessor
+    """validate's logits capture wraps the model runner's prompt-logprobs step: a vLLM, or a platform's runner
+    (vllm-ascend subclasses vLLM's), whose step takes other parameters is refused before anything is wrapped."""
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
     from vllm_mlx_loader.vllm import compat
 
-    def moved(self, tensors, extra):  # what a vLLM that reshaped the method would have
+    class PlatformRunner(GPUModelRunner):
+        def _get_prompt_logprobs_dict(self, hidden_states, scheduler_output):  # a platform that reshaped it
+            pass
+
+    refused = pytest.raises(RuntimeError, match=r"PlatformRunner._get_prompt_logprobs_dict takes .*'scheduler_output'"
+                            r".* validate cannot tell")
+    with refused:
+        compat.prompt_logprobs_step(object.__new__(PlatformRunner))
+
+    def moved(self, hidden_states, num_scheduled_tokens, extra):  # what a vLLM that reshaped the method would have
         pass
 
-    monkeypatch.setattr(LogprobsProcessor, "_update_prompt_logprobs", moved)
+    monkeypatch.setattr(GPUModelRunner, "_get_prompt_logprobs_dict", moved)
     assert compat.signature_problems() == [
-        f"vLLM {compat.vllm_version()}: LogprobsProcessor._update_prompt_logprobs takes ('self', 'tensors', 'extra'), "
-        "not ('self', 'prompt_logprobs_tensors')"
+        f"vLLM {compat.vllm_version()}: GPUModelRunner._get_prompt_logprobs_dict takes ('self', 'hidden_states', "
+        "'num_scheduled_tokens', 'extra'), not ('self', 'hidden_states', 'num_scheduled_tokens')"
     ]
-    refused = pytest.raises(RuntimeError, match=r"_update_prompt_logprobs takes .* needs updating for this vLLM")
-    with refused, compat.logprob_tensors_to(lambda *a: None):
-        pass
+    with pytest.raises(RuntimeError, match=r"_get_prompt_logprobs_dict takes .* needs updating for this vLLM"):
+        compat.prompt_logprobs_step(object.__new__(GPUModelRunner))
 
 
 def test_no_module_outside_the_vllm_package_imports_vllm() -> None:

@@ -16,8 +16,9 @@ from . import __version__, accuracy
 from .format import MLXCheckpoint
 
 SCHEMA_VERSION = 1
-SUMMARY_KEYS = ("positions", "nonfinite_positions", "routing_near_ties", "max_abs_diff", "mean_abs_diff", "rmse",
-                "min_cosine", "mean_cosine", "top1_agreement", "hard_flips", "mean_kl", "max_kl", "max_dlogprob")
+SUMMARY_KEYS = ("positions", "nonfinite_positions", "routing_near_ties", "after_routing_ties", "max_abs_diff",
+                "mean_abs_diff", "rmse", "min_cosine", "mean_cosine", "top1_agreement", "hard_flips", "mean_kl",
+                "max_kl", "max_dlogprob")
 WORST_TIES = 5  # routing near-ties listed per reference, those where the device differs most
 
 
@@ -60,8 +61,10 @@ def _cpu_model_name() -> str:
 def build(
     ckpt: MLXCheckpoint, args: argparse.Namespace, gates: accuracy.Gates, tokenizer: Any, texts: list[str],
     runs: list, per_reference: dict[str, list[accuracy.RowMetrics]], chat: bool, env: dict[str, Any],
+    routing_deviation: dict[int, float] | None = None,
 ) -> dict[str, Any]:
-    """`per_reference[name][i]`: the per-position metrics of prompt i's device run against reference `name`."""
+    """`per_reference[name][i]`: the per-position metrics of prompt i's device run against reference `name`;
+    `routing_deviation`: per MoE layer, the BF16 deviation of router inputs the near-tie bounds include."""
     comparisons, failed, steps = {}, [], []
     for name, per_prompt in per_reference.items():
         # generated rows start at the prompt's last position (which predicts the first generated token)
@@ -113,8 +116,8 @@ def build(
             "dtype": "bfloat16", "max_tokens": args.max_tokens, "chat_template": chat,
             "enable_thinking": args.enable_thinking, "tensor_parallel_size": args.tensor_parallel_size,
             "enforce_eager": args.enforce_eager, "greedy": True, "near_tie_nat": accuracy.NEAR_TIE_NAT,
-            "prompt_rows": "log-probabilities from vLLM, lifted by the reference's logsumexp"
-            if any(r.prompt_rows_are_logprobs for r in runs) else "raw logits",
+            "device_logits": "raw, captured in vLLM's worker",
+            "router_input_bf16_deviation": {str(i): d for i, d in sorted((routing_deviation or {}).items())},
         },
         "gates": accuracy.gates_dict(gates),
         "comparisons": comparisons,
@@ -137,6 +140,8 @@ def _worst_routing_ties(per_prompt: list[accuracy.RowMetrics]) -> list[dict[str,
 
 
 def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
     if isinstance(value, bool):
         return "yes" if value else "**no**"
     if isinstance(value, float):

@@ -7,10 +7,14 @@ per-position gates, the way a top-1 flip between near-tied logits is not a hard 
 The bound is derived per position and expert from the router's own input x and weights w: rounding x and w to
 BF16 moves each product x_i w_ei by a relative 2^-9 at most, independently, so the score moves by about
 3 standard deviations of their sum, 3 * 2^-9 * sqrt(2/3 * sum_i x_i^2 w_ei^2) (the worst case, a plain sum of
-|x_i w_ei| 2^-8, would call most positions of a small model ties). The slack of a position is the margin less
-the k-th and (k+1)-th experts' bounds, its minimum over every MoE layer; negative is a near-tie. Routers that
-select on sigmoid scores plus a correction bias (DeepSeek-V3) are compared in that space, the bound scaled by
-the sigmoid's slope; group-limited selection is not modelled (ties are looked for among all experts).
+|x_i w_ei| 2^-8, would call most positions of a small model ties). A device's x also carries what its BF16
+residual stream accumulated in the layers before the router, a relative deviation d per layer that
+`bf16_deviation` measures on the reference itself (its float32 forward against a BF16 one, on one of the run's
+sequences): the bound becomes 3 * sqrt(2/3 * 2^-18 + d^2) * sqrt(sum_i x_i^2 w_ei^2). The slack of a position
+is the margin less the k-th and (k+1)-th experts' bounds, its minimum over every MoE layer; negative is a
+near-tie. Routers that select on sigmoid scores plus a correction bias (DeepSeek-V3) are compared in that space,
+the bound scaled by the sigmoid's slope; group-limited selection is not modelled (ties are looked for among all
+experts).
 
 Both references record it while they compute: transformers' routers through forward hooks, mlx-lm's by wrapping
 the router modules for the run. Codes, scales and biases of a quantized MLX router go through MLX alone.
@@ -19,6 +23,7 @@ the router modules for the run. Codes, scales and biases of a quantized MLX rout
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -28,7 +33,8 @@ import torch
 TOP_K_KEYS = ("num_experts_per_tok", "moe_topk", "top_k", "num_experts_per_token")
 NUM_EXPERTS_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 ROUTER_NAMES = ("gate", "router")  # the router's module name in its MoE block (`mlp.gate`, `mlp.router`)
-_SPREAD = 3 * 2.0**-9 * math.sqrt(2 / 3)
+ROUNDING = 2.0**-9  # BF16's unit roundoff
+LAYER_INDEX = re.compile(r"layers\.(\d+)\.")
 
 
 def experts_and_top_k(config: dict[str, Any]) -> tuple[int, int] | None:
@@ -49,11 +55,12 @@ def slack(scores: torch.Tensor, reach: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def router_slack(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                 correction: torch.Tensor | None, k: int) -> torch.Tensor:
-    """The slack (`slack`) of each row of router input `x` `[rows, hidden]`, in float64."""
+                 correction: torch.Tensor | None, k: int, deviation: float = 0.0) -> torch.Tensor:
+    """The slack (`slack`) of each row of router input `x` `[rows, hidden]`, in float64; `deviation`: the relative
+    deviation a BF16 device's x has accumulated before this router."""
     x, w = x.double().reshape(-1, x.shape[-1]), weight.double()
     logits = x @ w.T + (bias.double() if bias is not None else 0.0)
-    reach = _SPREAD * ((x * x) @ (w * w).T).sqrt()
+    reach = 3 * math.sqrt(2 / 3 * ROUNDING**2 + deviation**2) * ((x * x) @ (w * w).T).sqrt()
     if correction is None:
         return slack(logits, reach, k)
     sig = logits.sigmoid()
@@ -75,14 +82,63 @@ class Record:
         return torch.stack(layers).amin(0) if layers else None
 
 
-def _torch_routers(model: torch.nn.Module, experts: int) -> list[torch.nn.Module]:
-    return [m for name, m in model.named_modules() if name.rpartition(".")[2] in ROUTER_NAMES
+Deviation = dict[int, float]  # per decoder layer index: the relative deviation of a BF16 device's router input
+
+
+def _torch_routers(model: torch.nn.Module, experts: int) -> list[tuple[str, torch.nn.Module]]:
+    return [(name, m) for name, m in model.named_modules() if name.rpartition(".")[2] in ROUTER_NAMES
             and isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() == 2
             and m.weight.shape[0] == experts]
 
 
+def deviation_at(deviation: Deviation | None, name: str) -> float:
+    """The deviation for the router at module path `name` (the largest measured where its layer is unknown)."""
+    if not deviation:
+        return 0.0
+    found = LAYER_INDEX.search(name + ".")
+    return deviation.get(int(found.group(1)), max(deviation.values())) if found else max(deviation.values())
+
+
+@torch.inference_mode()
+def bf16_deviation(model: torch.nn.Module, config: dict[str, Any], sequence: list[int]) -> Deviation | None:
+    """Per MoE layer of transformers' float32 `model`, the relative RMS deviation of its router's input when the
+    same decoder computes `sequence` in BF16 (matrix products under CPU autocast, every module's output rounded to
+    BF16) from its float32 input; None for a dense model. No copy of the weights is made."""
+    moe = experts_and_top_k(config)
+    routers = _torch_routers(model, moe[0]) if moe else []
+    if not routers:
+        return None
+    inputs: dict[str, list[torch.Tensor]] = {name: [] for name, _ in routers}
+
+    def keep(name: str) -> Any:
+        return lambda module, args: inputs[name].append(args[0].detach().double().reshape(-1, args[0].shape[-1]))
+
+    def to_bf16(module: torch.nn.Module, args: Any, output: Any) -> Any:
+        if isinstance(output, torch.Tensor) and output.is_floating_point():
+            return output.to(torch.bfloat16).to(output.dtype)
+        return None
+
+    handles = [m.register_forward_pre_hook(keep(name)) for name, m in routers]
+    decoder, ids = model.get_decoder(), torch.tensor([sequence])
+    try:
+        decoder(input_ids=ids)
+        handles += [m.register_forward_hook(to_bf16) for m in decoder.modules() if not any(m.children())]
+        with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):  # no BF16 copy of every weight
+            decoder(input_ids=ids)
+    finally:
+        for h in handles:
+            h.remove()
+    deviation = {}
+    for name, (exact, bf16) in ((n, v) for n, v in inputs.items() if len(v) == 2):
+        found = LAYER_INDEX.search(name + ".")
+        if found:
+            deviation[int(found.group(1))] = float((bf16 - exact).norm() / exact.norm().clamp_min(1e-30))
+    return deviation or None
+
+
 @contextmanager
-def recording_torch(model: torch.nn.Module, config: dict[str, Any]) -> Iterator[Record | None]:
+def recording_torch(model: torch.nn.Module, config: dict[str, Any],
+                    deviation: Deviation | None = None) -> Iterator[Record | None]:
     """Record the routing slack of transformers' `model` while the block runs (None for a dense model)."""
     moe = experts_and_top_k(config)
     routers = _torch_routers(model, moe[0]) if moe else []
@@ -91,13 +147,17 @@ def recording_torch(model: torch.nn.Module, config: dict[str, Any]) -> Iterator[
         return
     record, k = Record(), moe[1]
 
-    def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
-        bias = getattr(module, "bias", None)
-        correction = getattr(module, "e_score_correction_bias", None)
-        record.add(router_slack(args[0], module.weight, bias if isinstance(bias, torch.Tensor) else None,
-                                correction, k))
+    def hook_for(name: str) -> Any:
+        d = deviation_at(deviation, name)
 
-    handles = [m.register_forward_pre_hook(hook) for m in routers]
+        def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+            bias = getattr(module, "bias", None)
+            correction = getattr(module, "e_score_correction_bias", None)
+            record.add(router_slack(args[0], module.weight, bias if isinstance(bias, torch.Tensor) else None,
+                                    correction, k, d))
+        return hook
+
+    handles = [m.register_forward_pre_hook(hook_for(name)) for name, m in routers]
     try:
         yield record
     finally:
@@ -106,7 +166,7 @@ def recording_torch(model: torch.nn.Module, config: dict[str, Any]) -> Iterator[
 
 
 @contextmanager
-def recording_mlx(model: Any, config: dict[str, Any]) -> Iterator[Record | None]:
+def recording_mlx(model: Any, config: dict[str, Any], deviation: Deviation | None = None) -> Iterator[Record | None]:
     """Record the routing slack of mlx-lm's `model` while the block runs (None for a dense model, or one whose
     routers are not plain (quantized) linear layers, as DeepSeek-V3's `MoEGate`)."""
     import mlx.core as mx
@@ -120,9 +180,9 @@ def recording_mlx(model: Any, config: dict[str, Any]) -> Iterator[Record | None]
     record, k = Record(), moe[1] if moe else 0
 
     class Recording(nn.Module):
-        def __init__(self, inner: Any) -> None:
+        def __init__(self, inner: Any, name: str) -> None:
             super().__init__()
-            self.inner = inner
+            self.inner, self.deviation = inner, deviation_at(deviation, name)
             if isinstance(inner, nn.QuantizedLinear):
                 w = mx.dequantize(inner.weight, inner.scales, inner.get("biases"), group_size=inner.group_size,
                                   bits=inner.bits, mode=getattr(inner, "mode", "affine"))
@@ -132,14 +192,15 @@ def recording_mlx(model: Any, config: dict[str, Any]) -> Iterator[Record | None]
             self.bias = torch.from_numpy(np.array(inner["bias"].astype(mx.float32))) if "bias" in inner else None
 
         def __call__(self, x: Any) -> Any:
-            record.add(router_slack(torch.from_numpy(np.array(x.astype(mx.float32))), self.dense, self.bias, None, k))
+            record.add(router_slack(torch.from_numpy(np.array(x.astype(mx.float32))), self.dense, self.bias, None, k,
+                                    self.deviation))
             return self.inner(x)
 
     routers = [(name, m) for name, m in found if m.weight.shape[0] == moe[0]]
     if not routers:
         yield None
         return
-    model.update_modules(tree_unflatten([(name, Recording(m)) for name, m in routers]))
+    model.update_modules(tree_unflatten([(name, Recording(m, name)) for name, m in routers]))
     try:
         yield record
     finally:

@@ -11,7 +11,9 @@
 Device logits are compared with each reference at every position. Gates (defaults): min cosine >= 0.999,
 top-1 agreement >= 99 % with 0 hard flips (a flip where the reference's top-2 gap is >= 0.3 nat), mean
 KL(reference || device) <= 1e-3 nat, max |delta logprob| of the tokens the device chose <= 0.1. Exit status 0
-when every gate of every column passes, 1 when any fails (named on stderr), 2 on bad input.
+when every gate of every column passes, 1 when any fails (named on stderr), 2 on bad input. MoE models: positions
+where a router's choice was within a BF16 device's reach (`routing.py`) are left out, and min cosine and top-1
+are taken before a sequence's first such position (`accuracy.summarize`).
 
 What it cannot see: a dequantization bug shared by the device and the torch reference (both use this
 package's dequantization) shows only in the mlx_fp32 column, so run with MLX installed. Differences
@@ -160,12 +162,17 @@ def validate(args: argparse.Namespace, gates: accuracy.Gates) -> int:
         )
         log(f"device logits: {sum(r.nbytes for r in runs) / 2**20:.0f} MiB on disk in {work}")
         metrics: dict[str, list[accuracy.RowMetrics]] = {}
+        deviation = None  # measured by the torch column; without it the MLX column's bounds are rounding's alone
         if use_torch:
             log("phase 2/3: float32 CPU reference (transformers), compared as it is computed")
             from .reference import load_reference, reference_logit_blocks
 
             model = load_reference(ckpt)
-            with routing.recording_torch(model, ckpt.config) as record:
+            deviation = routing.bf16_deviation(model, ckpt.config, runs[0].sequence)
+            if deviation:
+                log("router inputs of a BF16 computation deviate by " + ", ".join(
+                    f"{d:.2g} (layer {i})" for i, d in sorted(deviation.items())) + ": routing near-tie bounds widened")
+            with routing.recording_torch(model, ckpt.config, deviation) as record:
                 metrics["torch_fp32"] = compare(
                     runs, lambda seq: reference_logit_blocks(model, seq, rows_per_block(vocab)), record)
             del model
@@ -179,13 +186,13 @@ def validate(args: argparse.Namespace, gates: accuracy.Gates) -> int:
             keep = reference_bytes(ckpt) * 1.15 < available_bytes()
             log("MLX column: mx.dequantize per layer, products on torch's BLAS; dequantized layers "
                 + ("kept for the run" if keep else "made one at a time (not enough host memory to keep them)"))
-            with on_torch_blas(keep_dense=keep), routing.recording_mlx(mlx_model, ckpt.config) as record:
+            with on_torch_blas(keep_dense=keep), routing.recording_mlx(mlx_model, ckpt.config, deviation) as record:
                 metrics["mlx_fp32"] = compare(
                     runs, lambda seq: logit_blocks(mlx_model, seq, rows_per_block(vocab)), record)
             del mlx_model
     log("comparing")
     env = report.environment(compat.vllm_version(), *compat.platform_device())
-    result = report.build(ckpt, args, gates, tokenizer, texts, runs, metrics, chat, env)
+    result = report.build(ckpt, args, gates, tokenizer, texts, runs, metrics, chat, env, deviation)
     print(report.markdown(result))
     if args.output:
         report.write(result, args.output)
@@ -204,9 +211,6 @@ def compare(
     """Per-position metrics of each run against a reference that yields its logits a block of rows at a time:
     only one block of each side is in memory at once.
 
-    Where vLLM sent log-probabilities for the prompt's rows (vLLM 0.18 and 0.23 log-softmax them whatever
-    `logprobs_mode` says), each such device row is lifted by the reference row's logsumexp: the device's own
-    is not observable, so logit differences there are log-probability differences (KL and top-1 are unaffected).
     `routing` records the reference's routing slack while it computes a sequence's hidden states (its first block).
     """
     per_prompt = []
@@ -217,15 +221,12 @@ def compare(
                 slack = routing.take()
             stop = start + ref.shape[0]
             dev = run.read(start, stop)
-            lift = min(stop, len(run.prompt_ids) - 1) - start if run.prompt_rows_are_logprobs else 0
-            if lift > 0:
-                dev[:lift] += ref[:lift].double().logsumexp(-1, keepdim=True).float()
             rows_slack = None if slack is None else slack[start:stop]
             parts.append(accuracy.row_metrics(ref, dev, tokens[start:stop], rows_slack))
             start = stop
         if start != run.rows:
             raise RuntimeError(f"the reference gave {start} rows for {run.rows} device rows")
-        per_prompt.append(accuracy.concat(parts))
+        per_prompt.append(accuracy.with_routing_reach(accuracy.concat(parts)))
     return per_prompt
 
 

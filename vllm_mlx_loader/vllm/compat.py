@@ -7,10 +7,9 @@ installed vLLM, so a release that moves or reshapes one fails there first, not i
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 # vLLM's progress-bar format for weight loading (private in `weight_utils`); ours looks the same without it
@@ -51,51 +50,52 @@ def parallel_rank_description() -> str:
 # (owner, method): the parameters the replacement takes, as vLLM 0.18-0.32 declare them
 SIGNATURES = {
     ("EngineArgs", "create_model_config"): ("self",),
-    ("LogprobsProcessor", "_update_prompt_logprobs"): ("self", "prompt_logprobs_tensors"),
-    ("LogprobsProcessor", "_update_sample_logprobs"): ("self", "logprobs_lists"),
+    ("GPUModelRunner", "_get_prompt_logprobs_dict"): ("self", "hidden_states", "num_scheduled_tokens"),
 }
-# the fields of the tuples those two methods receive, read by name
-LOGPROBS_FIELDS = ("logprob_token_ids", "logprobs")
+# the model runner's step that computes a prompt's logit rows (validate's capture tells them apart by it)
+PROMPT_LOGPROBS_STEP = "_get_prompt_logprobs_dict"
 
 
 def _owners() -> dict[str, type]:
     from vllm.engine.arg_utils import EngineArgs
-    from vllm.v1.engine.logprobs import LogprobsProcessor
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-    return {"EngineArgs": EngineArgs, "LogprobsProcessor": LogprobsProcessor}
+    return {"EngineArgs": EngineArgs, "GPUModelRunner": GPUModelRunner}
+
+
+def _problem(owner: str, cls: type, name: str, want: tuple[str, ...]) -> str | None:
+    method = getattr(cls, name, None)
+    if method is None:
+        return f"{owner}.{name} is gone"
+    got = tuple(inspect.signature(inspect.unwrap(method)).parameters)
+    return None if got == want else f"{owner}.{name} takes {got}, not {want}"
 
 
 def signature_problems() -> list[str]:
     """What differs between the installed vLLM and what the plugin replaces (empty when all fit)."""
     import vllm
 
-    owners, problems = _owners(), []
-    for (owner, name), want in SIGNATURES.items():
-        method = getattr(owners[owner], name, None)
-        if method is None:
-            problems.append(f"{owner}.{name} is gone")
-            continue
-        method = inspect.unwrap(method)
-        got = tuple(inspect.signature(method).parameters)
-        if got != want:
-            problems.append(f"{owner}.{name} takes {got}, not {want}")
-    from vllm.v1.outputs import LogprobsLists, LogprobsTensors
-
-    for cls in (LogprobsTensors, LogprobsLists):
-        missing = [f for f in LOGPROBS_FIELDS if f not in getattr(cls, "_fields", ())]
-        if missing:
-            problems.append(f"{cls.__name__} has no {', '.join(missing)}")
-    return [f"vLLM {vllm.__version__}: {p}" for p in problems]
+    owners = _owners()
+    problems = [_problem(owner, owners[owner], name, want) for (owner, name), want in SIGNATURES.items()]
+    return [f"vLLM {vllm.__version__}: {p}" for p in problems if p]
 
 
 def _require(*keys: tuple[str, str]) -> None:
-    """Raise unless the methods `keys` (and, for `LogprobsProcessor`, the tuples it receives) are as expected."""
+    """Raise unless the methods `keys` are as expected."""
     names = [f"{owner}.{name} " for owner, name in keys]
-    if any(owner == "LogprobsProcessor" for owner, _ in keys):
-        names += ["LogprobsTensors ", "LogprobsLists "]
     problems = [p for p in signature_problems() if any(n in p for n in names)]
     if problems:
         raise RuntimeError("; ".join(problems) + ": vllm-mlx-loader needs updating for this vLLM version.")
+
+
+def prompt_logprobs_step(runner: Any) -> Callable[..., Any]:
+    """The bound prompt-logprobs step of a model runner (vLLM's, or a platform's subclass of it), checked."""
+    _require(("GPUModelRunner", PROMPT_LOGPROBS_STEP))
+    problem = _problem(type(runner).__name__, type(runner), PROMPT_LOGPROBS_STEP, SIGNATURES[
+        ("GPUModelRunner", PROMPT_LOGPROBS_STEP)])
+    if problem:
+        raise RuntimeError(f"{problem}: validate cannot tell this runner's prompt logits from its sampled ones.")
+    return getattr(runner, PROMPT_LOGPROBS_STEP)
 
 
 def wrap_create_model_config(before: Callable[[Any], None], after: Callable[[Any, Any], None]) -> None:
@@ -123,34 +123,6 @@ def is_create_model_config_wrapped() -> bool:
     from vllm.engine.arg_utils import EngineArgs
 
     return bool(getattr(EngineArgs.create_model_config, _HOOK_SENTINEL, False))
-
-
-@contextlib.contextmanager
-def logprob_tensors_to(sink: Callable[[Any, Any, bool], None]) -> Iterator[None]:
-    """While inside, vLLM's output-side `LogprobsProcessor` hands each batch of logprobs to `sink(token_ids,
-    values, prompt)` as `[positions, k]` tensors instead of turning them into Python objects: the prompt's
-    (`_update_prompt_logprobs`, tensors) and each generated step's (`_update_sample_logprobs`, lists of numpy rows,
-    one per step, sampled token first)."""
-    import numpy as np
-    import torch
-    from vllm.v1.engine.logprobs import LogprobsProcessor
-
-    _require(("LogprobsProcessor", "_update_prompt_logprobs"), ("LogprobsProcessor", "_update_sample_logprobs"))
-
-    def prompt_logprobs(self: Any, prompt_logprobs_tensors: Any) -> None:
-        sink(prompt_logprobs_tensors.logprob_token_ids, prompt_logprobs_tensors.logprobs, True)
-
-    def sample_logprobs(self: Any, logprobs_lists: Any) -> None:
-        for ids, values in zip(logprobs_lists.logprob_token_ids, logprobs_lists.logprobs, strict=True):
-            sink(torch.as_tensor(np.asarray(ids))[None], torch.as_tensor(np.asarray(values))[None], False)
-
-    saved = LogprobsProcessor._update_prompt_logprobs, LogprobsProcessor._update_sample_logprobs
-    LogprobsProcessor._update_prompt_logprobs = prompt_logprobs  # type: ignore[method-assign]
-    LogprobsProcessor._update_sample_logprobs = sample_logprobs  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        LogprobsProcessor._update_prompt_logprobs, LogprobsProcessor._update_sample_logprobs = saved
 
 
 def shutdown_llm(llm: Any) -> None:

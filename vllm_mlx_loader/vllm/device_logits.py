@@ -1,16 +1,13 @@
-"""The device column of `validate`: vLLM's full-vocabulary raw logits, as tensors, streamed to disk.
+"""The device column of `validate`: vLLM's full-vocabulary raw logits, written to disk in vLLM's worker.
 
-vLLM returns prompt and sample logprobs as Python objects (one float, one int and one rank per token per
-position): at Qwen3's 151,936-token vocabulary a 1,000-token prompt becomes ~160 M objects and >10 GB of
-host memory. So while `validate` runs vLLM, the output processor's two conversion methods are replaced
-(`compat.logprob_tensors_to`, a private vLLM API kept in `compat.py`): the tensors vLLM's engine sends are
-scattered into dense float32 rows, a block of positions at a time, and appended to two files per prompt
-(its prompt's rows, its generated rows). `DeviceRun.read(a, b)` reads rows back for the comparison. Host
-memory on our side: one block of rows.
-
-What stays: vLLM's engine gathers a prompt's logprobs into one `[positions, vocab + 1]` tensor pair before
-it sends them (12 bytes per entry: 1.9 GB for 1,064 positions at 151,936), so the longest prompt sets the
-engine's transient peak. Disk: 4 bytes per position per vocabulary entry, in a temporary directory.
+A prompt's logit rows are what validate compares, and at Qwen3's 151,936-token vocabulary a 1,000-token prompt's
+rows are 0.6 GB in float32. vLLM hands logprobs to the caller through its output processor (a `[positions,
+vocab + 1]` tensor pair gathered in the engine, copied between processes, then Python objects), so the rows are
+taken where the model computes them instead: `logits_capture.LogitsCapture`, a worker extension, appends every
+row `compute_logits` returns to two files per prompt (its prompt's rows, its generated rows), a few rows at a time.
+vLLM is asked only for the chosen tokens' values (top-0 log-probabilities), which `run_device` checks against the
+files row by row, so a capture that does not line up with the tokens stops the run. `DeviceRun.read(a, b)` reads
+rows back for the comparison. Disk: 4 bytes per position per vocabulary entry, in a temporary directory.
 """
 
 from __future__ import annotations
@@ -24,8 +21,12 @@ import numpy as np
 import torch
 
 from . import compat
+from .logits_capture import LogitsCapture, capture_paths
 
 BLOCK_BYTES = 1 << 26  # 64 MiB of float32 rows at a time on our side
+# vLLM turns a prefill step's prompt rows into float32 at once (`[tokens, vocab]`); chunking the prefill bounds
+# that: 256 tokens at Qwen3's vocabulary are 0.23 GB (a 1,065-token prompt in one step was 0.96 GB)
+PREFILL_CHUNK_TOKENS = 256
 
 
 def rows_per_block(vocab: int, bytes_per_value: int = 4) -> int:
@@ -34,15 +35,13 @@ def rows_per_block(vocab: int, bytes_per_value: int = 4) -> int:
 
 @dataclass
 class DeviceRun:
-    """One prompt's device run: its tokens and the files of its logits. Row i predicts token i + 1: the prompt's
-    rows (`len(prompt) - 1`) are in `files[0]`, those of the generated tokens in `files[1]`."""
+    """One prompt's device run: its tokens and the files of its raw logits. Row i predicts token i + 1: the
+    prompt's rows (`len(prompt) - 1`) are in `files[0]`, those of the generated tokens in `files[1]`."""
 
     prompt_ids: list[int]
     generated_ids: list[int]
     files: tuple[Path, Path]
     vocab: int
-    # vLLM 0.18 and 0.23 log-softmax prompt rows whatever `logprobs_mode` says (0.32 does not); generated rows are raw
-    prompt_rows_are_logprobs: bool = False
 
     @property
     def sequence(self) -> list[int]:
@@ -72,69 +71,78 @@ class DeviceRun:
         return f.stat().st_size // (4 * self.vocab)
 
 
-class _RowWriter:
-    """Scatters vLLM's `(token ids, values)` rows into dense float32 rows, appended to the prompt's file or
-    the generated tokens' file (vLLM hands over the first sampled row before the prompt's rows)."""
-
-    def __init__(self, files: tuple[Path, Path], vocab: int) -> None:
-        self.files, self.vocab = files, vocab
-        self._open = [open(f, "wb") for f in files]  # noqa: SIM115 (closed by close())
-        self.prompt_targets: list[int] = []  # the token each prompt row scored first, to check the alignment
-        self.prompt_logsumexp = 0.0  # the largest |logsumexp| of a prompt row: ~0 when vLLM sent log-probs
-
-    def write(self, ids: torch.Tensor, values: torch.Tensor, prompt: bool) -> None:
-        if prompt:
-            self.prompt_targets += ids[:, 0].tolist()
-        step = rows_per_block(self.vocab)
-        for a in range(0, ids.shape[0], step):
-            rows = min(step, ids.shape[0] - a)
-            block = torch.zeros(rows, self.vocab).scatter_(1, ids[a:a + step].long(), values[a:a + step].float())
-            # coverage is checked apart from the values: a device's own NaN logits are kept for the gates to count
-            if not torch.zeros(rows, self.vocab, dtype=torch.bool).scatter_(1, ids[a:a + step].long(), True).all():
-                raise RuntimeError(f"vLLM returned logits for fewer than {self.vocab} tokens: is max_logprobs -1?")
-            if prompt:
-                lse = block.double().logsumexp(-1).abs()
-                lse = lse[torch.isfinite(lse)]
-                self.prompt_logsumexp = max(self.prompt_logsumexp, float(lse.max()) if lse.numel() else 0.0)
-            self._open[0 if prompt else 1].write(block.numpy().tobytes())
-
-    def close(self) -> None:
-        for f in self._open:
-            f.close()
-
-
 def run_device(
     model: str, prompts: list[list[int]], directory: Path, vocab: int, *, max_tokens: int,
     log: Callable[[str], None] = print, **llm_kwargs: Any,
 ) -> list[DeviceRun]:
-    """Greedy-decode each prompt in vLLM with this loader; write each prompt's logits to `directory`."""
+    """Greedy-decode each prompt in vLLM with this loader; its workers write each prompt's logits to `directory`."""
     from vllm import LLM, SamplingParams
 
     llm = LLM(
-        model=model, load_format="mlx", dtype="bfloat16", max_logprobs=-1, logprobs_mode="raw_logits",
-        generation_config="vllm", max_model_len=max(len(p) for p in prompts) + max_tokens + 8, seed=0, **llm_kwargs,
+        model=model, load_format="mlx", dtype="bfloat16", logprobs_mode="raw_logits", generation_config="vllm",
+        max_model_len=max(len(p) for p in prompts) + max_tokens + 8, seed=0,
+        **{"max_num_batched_tokens": PREFILL_CHUNK_TOKENS, "enable_chunked_prefill": True, **llm_kwargs},
+        worker_extension_cls=f"{LogitsCapture.__module__}.{LogitsCapture.__qualname__}",
     )
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=-1, prompt_logprobs=-1, detokenize=False)
+    # top-0: only the chosen (prompt or sampled) token's value comes back, to line the files up with the tokens
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=0, prompt_logprobs=0, detokenize=False)
     runs = []
     try:
-        for i, prompt in enumerate(prompts):  # one at a time: the engine holds a prompt's logits at once
+        for i, prompt in enumerate(prompts):  # one at a time: every row the model computes belongs to this prompt
             log(f"device: prompt {i + 1}/{len(prompts)} ({len(prompt)} tokens)")
-            writer = _RowWriter((directory / f"prompt-{i}.f32", directory / f"generated-{i}.f32"), vocab)
+            files = capture_paths(directory, i)
+            llm.collective_rpc("mlx_capture_start", args=(str(files[0]), str(files[1]), vocab))
             try:
-                with compat.logprob_tensors_to(writer.write):
-                    (out,) = llm.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)
+                (out,) = llm.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)
             finally:
-                writer.close()
-            run = DeviceRun(
-                list(prompt), list(out.outputs[0].token_ids), writer.files, vocab,
-                prompt_rows_are_logprobs=len(prompt) > 1 and writer.prompt_logsumexp < 1e-3,
-            )
-            if writer.prompt_targets != run.prompt_ids[1:] or run.rows != len(run.sequence) - 1:
-                raise RuntimeError(
-                    f"vLLM's logprobs did not arrive as expected ({run.rows} rows for {len(run.sequence) - 1} "
-                    "positions): this vLLM version's output processor differs from what validate knows."
-                )
+                (written,) = [r for r in llm.collective_rpc("mlx_capture_stop") if r is not None]
+            completion = out.outputs[0]
+            run = DeviceRun(list(prompt), list(completion.token_ids), files, vocab)
+            _drop_discarded_samples(run, written[1])
+            check_alignment(
+                run, _chosen(out.prompt_logprobs, prompt, 1), _chosen(completion.logprobs, run.generated_ids))
             runs.append(run)
     finally:
         compat.shutdown_llm(llm)
     return runs
+
+
+def _chosen(logprobs: Any, tokens: list[int], skip: int = 0) -> list[float]:
+    """The value vLLM reported for each chosen token (a prompt's first position has none)."""
+    if logprobs is None:
+        raise RuntimeError("vLLM returned no log-probabilities for the chosen tokens")
+    return [float(step[t].logprob) for step, t in zip(logprobs[skip:], tokens[skip:], strict=True)]
+
+
+def _drop_discarded_samples(run: DeviceRun, sampled_rows: int) -> None:
+    """vLLM samples after every step, also after a chunk of a prompt too long for one step, and discards those
+    samples: the generated file then starts with their rows."""
+    extra = sampled_rows - len(run.generated_ids)
+    if extra < 0:
+        raise RuntimeError(f"vLLM computed {sampled_rows} sampled rows for {len(run.generated_ids)} generated tokens")
+    if extra:
+        data = np.fromfile(run.files[1], dtype=np.float32)[extra * run.vocab:]
+        data.tofile(run.files[1])
+
+
+def check_alignment(run: DeviceRun, prompt_values: list[float], generated_values: list[float]) -> None:
+    """Each captured row's entry for the token it predicts equals what vLLM reported for that token: the raw logit
+    (vLLM 0.32 on prompt rows; all versions on sampled ones) or its log-probability (0.18 and 0.23 on prompt rows)."""
+    expected = torch.tensor(prompt_values + generated_values, dtype=torch.float64)
+    if run.rows != len(run.sequence) - 1 or expected.numel() != run.rows:
+        raise RuntimeError(
+            f"the captured logits have {run.rows} rows for {len(run.sequence) - 1} positions: this vLLM version "
+            "computes logits otherwise than validate knows.")
+    targets, step = torch.tensor(run.sequence[1:]), rows_per_block(run.vocab)
+    for a in range(0, run.rows, step):
+        rows = run.read(a, min(a + step, run.rows)).double()
+        raw = rows.gather(1, targets[a:a + step, None])[:, 0]
+        logprob = raw - rows.logsumexp(-1)
+        want = expected[a:a + step]
+        close = torch.isclose(raw, want, rtol=1e-5, atol=1e-3, equal_nan=True) | torch.isclose(
+            logprob, want, rtol=1e-5, atol=1e-3, equal_nan=True)
+        if not close.all():
+            pos = a + int((~close).nonzero()[0])
+            raise RuntimeError(
+                f"captured logits do not line up with vLLM's tokens at position {pos}: row value {float(raw[pos - a])}"
+                f", vLLM reported {float(want[pos - a])} for token {int(targets[pos])}.")
