@@ -168,7 +168,11 @@ def validate(args: argparse.Namespace, gates: accuracy.Gates) -> int:
             from .reference import load_reference, reference_logit_blocks
 
             model = load_reference(ckpt)
-            deviation = routing.bf16_deviation(model, ckpt.config, runs[0].sequence)
+            try:
+                deviation = routing.bf16_deviation(model, ckpt.config, runs[0].sequence)
+            except (RuntimeError, NotImplementedError, TypeError) as e:  # an op BF16 autocast cannot run on the CPU
+                log(f"router inputs' BF16 deviation not measured ({type(e).__name__}: {e}); near-tie bounds from "
+                    "rounding at the router alone")
             if deviation:
                 log("router inputs of a BF16 computation deviate by " + ", ".join(
                     f"{d:.2g} (layer {i})" for i, d in sorted(deviation.items())) + ": routing near-tie bounds widened")

@@ -81,7 +81,9 @@ def run_device(
     llm = LLM(
         model=model, load_format="mlx", dtype="bfloat16", logprobs_mode="raw_logits", generation_config="vllm",
         max_model_len=max(len(p) for p in prompts) + max_tokens + 8, seed=0,
-        **{"max_num_batched_tokens": PREFILL_CHUNK_TOKENS, "enable_chunked_prefill": True, **llm_kwargs},
+        # one request at a time (vLLM refuses fewer batched tokens than sequences: 1,024 by default on large GPUs)
+        **{"max_num_batched_tokens": PREFILL_CHUNK_TOKENS, "enable_chunked_prefill": True, "max_num_seqs": 1,
+           **llm_kwargs},
         worker_extension_cls=f"{LogitsCapture.__module__}.{LogitsCapture.__qualname__}",
     )
     # top-0: only the chosen (prompt or sampled) token's value comes back, to line the files up with the tokens
