@@ -91,12 +91,17 @@ def _torch_routers(model: torch.nn.Module, experts: int) -> list[tuple[str, torc
             and m.weight.shape[0] == experts]
 
 
+def _layer_of(name: str) -> int | None:
+    """The decoder layer index in a module path (`model.layers.3.mlp.gate` -> 3), None where there is none."""
+    found = LAYER_INDEX.search(name + ".")
+    return int(found.group(1)) if found else None
+
+
 def deviation_at(deviation: Deviation | None, name: str) -> float:
     """The deviation for the router at module path `name` (the largest measured where its layer is unknown)."""
     if not deviation:
         return 0.0
-    found = LAYER_INDEX.search(name + ".")
-    return deviation.get(int(found.group(1)), max(deviation.values())) if found else max(deviation.values())
+    return deviation.get(_layer_of(name), max(deviation.values()))
 
 
 @torch.inference_mode()
@@ -128,11 +133,9 @@ def bf16_deviation(model: torch.nn.Module, config: dict[str, Any], sequence: lis
     finally:
         for h in handles:
             h.remove()
-    deviation = {}
-    for name, (exact, bf16) in ((n, v) for n, v in inputs.items() if len(v) == 2):
-        found = LAYER_INDEX.search(name + ".")
-        if found:
-            deviation[int(found.group(1))] = float((bf16 - exact).norm() / exact.norm().clamp_min(1e-30))
+    deviation = {_layer_of(name): float((bf16 - exact).norm() / exact.norm().clamp_min(1e-30))
+                 for name, (exact, bf16) in ((n, v) for n, v in inputs.items() if len(v) == 2)}
+    deviation.pop(None, None)  # a router outside the numbered layers: `deviation_at` gives it the largest
     return deviation or None
 
 
