@@ -72,3 +72,21 @@ def test_plugin_loads_the_mlx_checkpoint_despite_the_lookalike(ascend_lookalike,
     finally:
         shutdown(llm)
     assert out[0].outputs[0].text == mlx_answer(checkpoints["q4g64"], tokenizer, prompt, 3)[0]
+
+
+def test_quantization_mlx_is_not_claimed_by_the_lookalike(ascend_lookalike, checkpoints) -> None:
+    """`--quantization mlx` hands vLLM a quantization config with quant_method "mlx", which ModelSlim's override
+    (any config without one) leaves alone; the config carries one entry per quantized module, as the shards hold
+    them. No engine starts: the model config is where the claim would happen."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    import vllm_mlx_loader
+
+    vllm_mlx_loader.register()
+    args = EngineArgs(model=str(checkpoints["q4g64"]), load_format="mlx-4bit", quantization="mlx")
+    config = args.create_model_config()
+    assert config.quantization == "mlx"
+    quant = config.hf_config.quantization_config
+    assert quant["quant_method"] == "mlx" and not quant["tied"]
+    assert quant["modules"]["model.layers.0.self_attn.q_proj"] == {"bits": 4, "group_size": 64, "mode": "affine"}
+    assert len(quant["modules"]) == 30  # 7 linears x 4 layers, embed_tokens, lm_head

@@ -61,8 +61,9 @@ DEQUANTIZATION_ONLY = {"q3g64", "q6g64", "q8g32", "q4g64", "mxfp4", "mxfp8", "nv
 ROUTER_PROBES = {"gpt_oss"}
 
 
-def generate_and_compare(path, tokenizer, label: str, **llm_kwargs):
-    """Greedy-decode PROMPTS in vLLM and in MLX float32; assert equal tokens and close log-probs."""
+def generate_and_compare(path, tokenizer, label: str, inspect=None, **llm_kwargs):
+    """Greedy-decode PROMPTS in vLLM and in MLX float32; assert equal tokens and close log-probs. `inspect(llm)` runs
+    before the engine stops."""
     from vllm import SamplingParams
 
     from vllm_mlx_loader.mlx_reference import greedy_float32
@@ -71,9 +72,11 @@ def generate_and_compare(path, tokenizer, label: str, **llm_kwargs):
     reference = greedy_float32(path, prompts, MAX_TOKENS)
     llm = llm_here(path, load_format="mlx-4bit", **llm_kwargs)
     try:
-        assert llm.llm_engine.model_config.quantization is None
+        assert llm.llm_engine.model_config.quantization == llm_kwargs.get("quantization")
         params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, logprobs=0, ignore_eos=True)
         outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        if inspect is not None:
+            inspect(llm)
     finally:
         shutdown(llm)
     for prompt, ids, ref, out in zip(PROMPTS, prompts, reference, outputs, strict=True):

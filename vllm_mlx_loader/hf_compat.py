@@ -47,6 +47,22 @@ class WithoutQuantizationConfig:
         return f"WithoutQuantizationConfig({self.user!r})"
 
 
+class WithQuantizationConfig:
+    """An `hf_overrides` callable: the user's own function first (if any), then `quantization_config` set to `value`
+    (`--quantization mlx`); picklable like `WithoutQuantizationConfig`."""
+
+    def __init__(self, value: dict[str, Any], user: Callable[[Any], Any] | None = None) -> None:
+        self.value, self.user = value, user
+
+    def __call__(self, config: Any) -> Any:
+        config = config if self.user is None else self.user(config)
+        setattr(config, QUANTIZATION_CONFIG, self.value)
+        return config
+
+    def __repr__(self) -> str:
+        return f"WithQuantizationConfig({len(self.value.get('modules', {}))} modules, {self.user!r})"
+
+
 def teach_tokenizers_backend() -> bool:
     """Let transformers 4.x load tokenizers saved by transformers 5 (`"tokenizer_class": "TokenizersBackend"`).
 

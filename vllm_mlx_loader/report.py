@@ -115,7 +115,8 @@ def build(
         "settings": {
             "dtype": "bfloat16", "max_tokens": args.max_tokens, "chat_template": chat,
             "enable_thinking": args.enable_thinking, "tensor_parallel_size": args.tensor_parallel_size,
-            "enforce_eager": args.enforce_eager, "greedy": True, "near_tie_nat": accuracy.NEAR_TIE_NAT,
+            "enforce_eager": args.enforce_eager, "quantization": getattr(args, "quantization", None),
+            "greedy": True, "near_tie_nat": accuracy.NEAR_TIE_NAT,
             "device_logits": "raw, captured in vLLM's worker",
             "router_input_bf16_deviation": {str(i): d for i, d in sorted((routing_deviation or {}).items())},
         },

@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tensor-parallel-size", type=int, default=1)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.5)
     parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--quantization", choices=["mlx"],
+                        help="mlx: keep the 4-bit layers packed on the device (opt-in W4A16) instead of BF16")
     parser.add_argument("--executor-backend", choices=["mp", "uni", "ray"], help="vLLM's distributed executor")
     defaults = accuracy.Gates()
     parser.add_argument("--min-cosine", type=float, default=defaults.min_cosine)
@@ -159,6 +161,7 @@ def validate(args: argparse.Namespace, gates: accuracy.Gates) -> int:
             str(args.model), prompts, Path(work), vocab, max_tokens=args.max_tokens, log=log,
             tensor_parallel_size=args.tensor_parallel_size, gpu_memory_utilization=args.gpu_memory_utilization,
             enforce_eager=args.enforce_eager, distributed_executor_backend=args.executor_backend,
+            quantization=args.quantization,
         )
         log(f"device logits: {sum(r.nbytes for r in runs) / 2**20:.0f} MiB on disk in {work}")
         metrics: dict[str, list[accuracy.RowMetrics]] = {}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +112,7 @@ def iter_dense_weights(
     rounding: Rounding = "fused",
     stats: LoadStats | None = None,
     lazy: bool = False,
+    packed: Collection[str] = (),
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield `(hf_name, dense tensor)` for every weight of `ckpt` (`ckpt.weights`), dequantized on `device`.
 
@@ -121,7 +122,8 @@ def iter_dense_weights(
     queued without waiting for the device, unless `stats.timed` asks for per-phase times. With `lazy`, each
     tensor is a `LazyDense` that reads and dequantizes only the region the consumer narrows it to, and nothing
     of a weight the consumer skips (a tensor-parallel rank's share, a pipeline stage's layers, an expert-parallel
-    rank's experts).
+    rank's experts). Modules named in `packed` (4-bit affine linear layers kept packed, `--quantization mlx`) come
+    as their stored `.weight` codes (int32), `.scales` and `.biases` instead.
     """
     device = torch.device(device)
     stats = stats if stats is not None else LoadStats(timed=device.type == "cpu")
@@ -129,6 +131,9 @@ def iter_dense_weights(
     with ShardReader(device, stats) as reader:
         try:
             for weight in ckpt.weights:
+                if packed and weight.name.removesuffix(".weight") in packed:
+                    yield from _packed_parts(weight, reader)
+                    continue
                 make = _region_maker(weight, reader, dtype, rounding, buffers)
                 kind = dense_dtype(weight, dtype)
                 if lazy and kind is not None:
@@ -140,6 +145,21 @@ def iter_dense_weights(
         finally:
             if buffers is not None:
                 buffers.release()
+
+
+def _packed_parts(weight: Weight, reader: ShardReader) -> Iterator[tuple[str, torch.Tensor]]:
+    """A 4-bit affine module's stored tensors, under its Hugging Face name, for a layer that keeps them packed."""
+    module = weight.source
+    if not (isinstance(module, QuantizedModule) and weight.index is None and weight.inverse is None
+            and module.params.mode == "affine" and module.params.bits == 4 and module.biases is not None):
+        raise MLXCheckpointError(
+            weight.where(), "was to be kept 4-bit (--quantization mlx) but is not one 4-bit affine linear weight.",
+            "Report this as a vllm-mlx-loader bug; without --quantization mlx the checkpoint loads dense.",
+        )
+    prefix = weight.name.removesuffix(".weight")
+    for part, ref in (("weight", module.weight), ("scales", module.scales), ("biases", module.biases)):
+        reader.stats.tensors += 1
+        yield f"{prefix}.{part}", _read_plain(ref, None, reader)
 
 
 def dense_dtype(weight: Weight, dtype: torch.dtype) -> torch.dtype | None:

