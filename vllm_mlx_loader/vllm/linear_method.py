@@ -22,7 +22,7 @@ from vllm.model_executor.layers.linear import LinearMethodBase, UnquantizedLinea
 from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
 from vllm.model_executor.utils import set_weight_attrs
 
-from ..w4a16.kernel import Int4Kernel
+from ..w4a16.kernel import Int4Kernel, check_layer
 
 PACK = 8  # 4-bit codes per int32 word
 PARTS = ("weight", "scales", "biases")
@@ -30,14 +30,14 @@ PARTS = ("weight", "scales", "biases")
 
 class MLXLinearMethod(LinearMethodBase):
     def __init__(
-        self, kernel: Int4Kernel, group_size: int, sources: list[str],
+        self, kernel: Int4Kernel, group_size: int, sources: list[str], vocab: bool = False,
         embeddings: dict[int, torch.nn.Module] | None = None,
     ) -> None:
         self.kernel = kernel
         self.group_size = group_size
         self.sources = sources  # the checkpoint's (Hugging Face) module names this layer is made of
-        self.embeddings = embeddings  # for a VocabParallelEmbedding or ParallelLMHead: where a tied head finds it
-        self.is_embedding = embeddings is not None
+        self.is_embedding = vocab  # a VocabParallelEmbedding or ParallelLMHead (its BF16 path differs)
+        self.embeddings = embeddings  # for an embedding that looks rows up: where a tied head finds it
         self.dense: LinearMethodBase | None = None  # the BF16 path, where the kernel cannot take the layer
         self.reason = ""
         self.dtype = torch.bfloat16
@@ -49,7 +49,7 @@ class MLXLinearMethod(LinearMethodBase):
     def refusal(self, n: int, k: int, dtype: torch.dtype) -> str | None:
         if k % self.group_size:
             return f"this rank's {k} input columns are not whole groups of {self.group_size}"
-        if self.is_embedding and not self.kernel.has_rows:
+        if self.embeddings is not None and not self.kernel.has_rows:
             return f"{self.kernel.name} has no row lookup for embeddings"
         return self.kernel.refusal(n, k, self.group_size, dtype)
 
@@ -88,7 +88,10 @@ class MLXLinearMethod(LinearMethodBase):
         if self.dense is not None:
             self.dense.process_weights_after_loading(layer)
             return
-        tensors = self.kernel.prepare(*(getattr(layer, name).data for name in PARTS), self.group_size)
+        stored = [getattr(layer, name).data for name in PARTS]
+        tensors = self.kernel.prepare(*stored, self.group_size)
+        if self.kernel.self_check:
+            check_layer(self.kernel, tensors, *stored, self.group_size, getattr(layer, "prefix", "") or self.sources[0])
         for name in PARTS:
             delattr(layer, name)
         for name, tensor in tensors.items():

@@ -111,7 +111,8 @@ class MLXQuantConfig(QuantizationConfig):
             reason = f"{bits}-bit {mode} in the checkpoint" if mode == "affine" else f"{mode} in the checkpoint"
             return None if embedding else unquantized(reason)
         sources = [e["source"] for e in entries]
-        return MLXLinearMethod(self.kernel(), group_size, sources, self.embeddings if embedding else None)
+        lookup = embedding and not isinstance(layer, ParallelLMHead)  # an embedding proper: rows looked up
+        return MLXLinearMethod(self.kernel(), group_size, sources, embedding, self.embeddings if lookup else None)
 
 
 def register() -> None:

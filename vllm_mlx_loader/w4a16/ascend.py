@@ -35,6 +35,7 @@ def torch_npu_ops() -> Any:
 class AscendInt4(Int4Kernel):
     name = "npu_weight_quant_batchmatmul"
     has_rows = False  # the int4pack layout is the op's own: embeddings stay BF16 on Ascend
+    self_check = True  # no NPU has run it: every layer is compared with its dequantized weight at load time
 
     def __init__(self, ops: Any = None) -> None:
         self.ops = ops if ops is not None else torch_npu_ops()

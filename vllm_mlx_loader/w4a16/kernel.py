@@ -22,6 +22,7 @@ class Int4Kernel:
 
     name = "int4"
     has_rows = True  # `rows` is implemented: the kernel's layout can serve an embedding's lookups
+    self_check = False  # never run on its hardware by this project: each layer is checked once at load time
 
     @classmethod
     def refusal(cls, n: int, k: int, group_size: int, dtype: torch.dtype) -> str | None:
@@ -47,6 +48,25 @@ def dense_rows(codes: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor, 
     grouped = codes.float().unflatten(-1, (-1, group_size))
     dense = grouped * scales.float().unsqueeze(-1) + biases.float().unsqueeze(-1)
     return dense.flatten(-2).to(dtype)
+
+
+def check_layer(kernel: Int4Kernel, tensors: Tensors, weight: torch.Tensor, scales: torch.Tensor,
+                biases: torch.Tensor, group_size: int, where: str) -> None:
+    """Compare `kernel`'s product on a few random rows with the layer's dequantized weight (the BF16 path's), and
+    raise naming the layer where they differ by more than 5 % of sum |x·w|: a layout or argument error moves outputs
+    by their whole size, a kernel's rounding by ~2^-8 of it."""
+    x = torch.randn(4, scales.shape[-1] * group_size, generator=torch.Generator().manual_seed(0)).to(
+        scales.dtype).to(scales.device)
+    dense = dequantize_on_device(weight, scales, biases, 4, group_size, torch.float32, "fused")
+    want = x.float() @ dense.T
+    got = kernel.apply(tensors, x, group_size).float()
+    bad = (got - want).abs() > 0.05 * (x.float().abs() @ dense.abs().T) + 1e-3
+    if bool(bad.any()):
+        raise RuntimeError(
+            f"{where}: the {kernel.name} int4 kernel's product differs from the checkpoint's weights at "
+            f"{int(bad.sum())} of {bad.numel()} outputs. Serve without --quantization mlx, and report this "
+            "(vllm-mlx-loader has not run this kernel on this hardware before)."
+        )
 
 
 def correction(x: torch.Tensor, scales_t: torch.Tensor, biases_t: torch.Tensor, group_size: int) -> torch.Tensor:
