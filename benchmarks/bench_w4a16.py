@@ -67,7 +67,7 @@ def run(model: Path, quantization: str, tokens: int, utilization: float) -> dict
     return result
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, help="MLX checkpoint (4-bit affine)")
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per request when timing decode")
@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.3,
                         help="share of the host's memory the worker may use (the BF16 4B shape needs ~0.5)")
     parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     from importlib.metadata import version
 
     report = {
@@ -97,6 +97,7 @@ def main() -> None:
     print(json.dumps(report, indent=2))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
 
 
 def _installed(name: str) -> bool:
@@ -110,4 +111,4 @@ def _installed(name: str) -> bool:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

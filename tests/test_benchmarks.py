@@ -17,6 +17,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import bench_dequant
 import bench_load
+import bench_w4a16
 import synthetic_checkpoint
 from measure import TreeRSS
 
@@ -127,3 +128,15 @@ def test_device_dequant_benchmark_smoke(tmp_path, capsys) -> None:
     assert "extra MiB" in capsys.readouterr().out
     tensors = json.loads(out.read_text())["tensors"]
     assert len(tensors) == 5 and all(t["extra_mib"] > 0 and t["whole_tensor"]["extra_mib"] > 0 for t in tensors)
+
+
+@pytest.mark.engine
+@pytest.mark.latest_only  # a benchmark smoke starts vLLM twice or more: once per CI run is enough
+def test_w4a16_benchmark_smoke(checkpoints, tmp_path, capsys) -> None:
+    out = tmp_path / "r.json"
+    assert bench_w4a16.main([str(checkpoints["q4g64"]), "--tokens", "2", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["w4a16"]["decisions"] and not report["bf16"]["decisions"]
+    assert report["w4a16"]["non_kv_gib"] > 0 and report["bf16"]["kv_cache_tokens"] > 0
+    assert set(report["ratios"]) == {"non_kv_memory", "non_kv_memory_less_runtime", "kv_cache_tokens",
+                                     "decode_batch_1", "decode_batch_16"}
