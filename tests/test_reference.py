@@ -94,6 +94,17 @@ def test_both_references_apply_what_the_model_does_after_its_output_layer(model_
     assert torch.allclose(first_block(reference_logit_blocks(model, SEQUENCE, 10)), expected, atol=1e-6, rtol=0)
 
 
+def test_router_paths() -> None:
+    """A router is a block's `gate` / `router` linear, or the linear a gating module of that name wraps (Granite
+    MoE's `router.layer`); projections and other gates are not."""
+    from vllm_mlx_loader.routing import is_router_path
+
+    assert all(map(is_router_path, ["model.layers.0.mlp.gate", "model.layers.1.mlp.router",
+                                    "model.layers.0.block_sparse_moe.router.layer"]))
+    assert not any(map(is_router_path, ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.shared_expert_gate",
+                                        "model.layers.0.mlp.gate.layer_norm", "model.layers.0.router.layers"]))
+
+
 def test_routing_slack_is_negative_only_within_bf16_reach() -> None:
     from vllm_mlx_loader.routing import router_slack
 
@@ -135,6 +146,24 @@ def test_both_references_record_the_same_routing_slack(variant, checkpoints) -> 
     assert ours.shape == theirs.shape == (len(sequence) - 1,)
     assert (ours - theirs).abs().max() < 1e-3  # the same bound per layer on both sides: the layers are matched
     assert mlx_record.take() is None  # taken: the next sequence starts afresh
+
+
+def test_routers_a_gating_module_wraps_are_recorded_by_both_references() -> None:
+    """Granite 4.0 H's router is the linear layer its gating module wraps (`block_sparse_moe.router.layer`): both
+    references record its slack, one figure per position (before, neither found a router and every position of
+    such a model counted as routed without doubt)."""
+    from vllm_mlx_loader import routing
+
+    path = tiny_families.build_family(FAMILY_ROOT, "granitemoehybrid") / "mlx"
+    ckpt = read_checkpoint(path)
+    sequence = [3 + (i * 37) % 500 for i in range(40)]
+    model, mlx_model = load_reference(ckpt), load_float32(path)
+    with routing.recording_torch(model, ckpt.config) as torch_record:
+        first_block(reference_logit_blocks(model, sequence, 64))
+    with routing.recording_mlx(mlx_model, ckpt.config) as mlx_record:
+        first_block(logit_blocks(mlx_model, sequence, 64))
+    assert torch_record is not None and mlx_record is not None
+    assert torch_record.take().shape == mlx_record.take().shape == (len(sequence) - 1,)
 
 
 def test_routing_near_ties_are_counted_and_kept_out_of_the_gated_summaries() -> None:

@@ -33,6 +33,8 @@ import torch
 TOP_K_KEYS = ("num_experts_per_tok", "moe_topk", "top_k", "num_experts_per_token")
 NUM_EXPERTS_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 ROUTER_NAMES = ("gate", "router")  # the router's module name in its MoE block (`mlp.gate`, `mlp.router`)
+# ... or the linear layer a gating module of that name wraps (Granite MoE's `block_sparse_moe.router.layer`)
+ROUTER_PATH = re.compile(r"\.(?:" + "|".join(ROUTER_NAMES) + r")(?:\.layer)?$")
 ROUNDING = 2.0**-9  # BF16's unit roundoff
 LAYER_INDEX = re.compile(r"layers\.(\d+)\.")
 
@@ -86,9 +88,14 @@ Deviation = dict[int, float]  # per decoder layer index: the relative deviation 
 
 
 def _torch_routers(model: torch.nn.Module, experts: int) -> list[tuple[str, torch.nn.Module]]:
-    return [(name, m) for name, m in model.named_modules() if name.rpartition(".")[2] in ROUTER_NAMES
+    return [(name, m) for name, m in model.named_modules() if is_router_path(name)
             and isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() == 2
             and m.weight.shape[0] == experts]
+
+
+def is_router_path(name: str) -> bool:
+    """Whether module path `name` names a router's linear layer (`mlp.gate`, `mlp.router`, `...router.layer`)."""
+    return ROUTER_PATH.search("." + name) is not None
 
 
 def _layer_of(name: str) -> int | None:
@@ -178,7 +185,7 @@ def recording_mlx(model: Any, config: dict[str, Any], deviation: Deviation | Non
     from mlx.utils import tree_unflatten
 
     moe = experts_and_top_k(config)
-    found = [(name, m) for name, m in model.named_modules() if name.rpartition(".")[2] in ROUTER_NAMES
+    found = [(name, m) for name, m in model.named_modules() if is_router_path(name)
              and isinstance(m, nn.Linear | nn.QuantizedLinear)] if moe else []
     record, k = Record(), moe[1] if moe else 0
 

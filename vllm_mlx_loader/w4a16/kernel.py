@@ -86,8 +86,10 @@ class SplitKernel(Int4Kernel):
     def apply(self, tensors: Tensors, x: torch.Tensor, group_size: int) -> torch.Tensor:
         scales = tensors["scales"]
         if scales.dtype == torch.float16:
-            exponent = torch.frexp(x.float().abs().amax(-1, keepdim=True)).exponent
-            scaled = torch.ldexp(x.float(), -exponent).half()
+            # a power of two per row, applied in x's own dtype (exact: BF16 has float32's exponent range), so no
+            # float32 copy of x is made
+            exponent = torch.frexp(x.abs().amax(-1, keepdim=True).float()).exponent
+            scaled = (x * torch.ldexp(torch.ones_like(exponent, dtype=x.dtype), -exponent)).half()
             symmetric = torch.ldexp(self.product(tensors, scaled, group_size).float(), exponent)
         else:
             symmetric = self.product(tensors, x.to(scales.dtype), group_size).float()
