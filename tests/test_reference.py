@@ -150,8 +150,8 @@ def test_both_references_record_the_same_routing_slack(variant, checkpoints) -> 
 
 def test_routers_a_gating_module_wraps_are_recorded_by_both_references() -> None:
     """Granite 4.0 H's router is the linear layer its gating module wraps (`block_sparse_moe.router.layer`): both
-    references record its slack, one figure per position (before, neither found a router and every position of
-    such a model counted as routed without doubt)."""
+    references record its slack, one figure per position (before, mlx-lm's side found no router there, and every
+    position of such a model counted as routed without doubt in the MLX column)."""
     from vllm_mlx_loader import routing
 
     path = tiny_families.build_family(FAMILY_ROOT, "granitemoehybrid") / "mlx"

@@ -79,17 +79,22 @@ def server(checkpoints, tmp_path_factory):
         yield base, log_path
 
 
-def test_completions_equal_mlx(server, checkpoints, tokenizer) -> None:
-    base, _ = server
+def greedy_completion(base: str, prompt: str, max_tokens: int) -> str:
+    """The server's greedy `/v1/completions` text for `prompt`, from the one model it serves."""
     model = requests.get(f"{base}/v1/models", timeout=10).json()["data"][0]["id"]
-    prompt = "The capital of France is"
     reply = requests.post(
         f"{base}/v1/completions",
-        json={"model": model, "prompt": prompt, "max_tokens": 3, "temperature": 0},
+        json={"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0},
         timeout=60,
     ).json()
+    return reply["choices"][0]["text"]
+
+
+def test_completions_equal_mlx(server, checkpoints, tokenizer) -> None:
+    base, _ = server
+    prompt = "The capital of France is"
     expected, _ = mlx_answer(checkpoints["q4g128"], tokenizer, tokenizer(prompt)["input_ids"], 3)
-    assert reply["choices"][0]["text"] == expected
+    assert greedy_completion(base, prompt, 3) == expected
 
 
 def test_chat_completions_use_the_checkpoint_chat_template(server, checkpoints, tokenizer) -> None:
@@ -116,16 +121,11 @@ def test_a_server_with_quantization_mlx_answers_what_mlx_answers(checkpoints, to
     """`--quantization mlx` end to end: the server keeps the 4-bit layers packed (its log says so) and its greedy
     completion is MLX float32's."""
     log_path = tmp_path / "server.log"
+    prompt = "The capital of France is"
     with running_server(str(checkpoints["q4g64"]), log_path, "--quantization", "mlx") as base:
-        model = requests.get(f"{base}/v1/models", timeout=10).json()["data"][0]["id"]
-        prompt = "The capital of France is"
-        reply = requests.post(
-            f"{base}/v1/completions",
-            json={"model": model, "prompt": prompt, "max_tokens": 5, "temperature": 0},
-            timeout=60,
-        ).json()
+        text = greedy_completion(base, prompt, 5)
     expected, _ = mlx_answer(checkpoints["q4g64"], tokenizer, tokenizer(prompt)["input_ids"], 5)
-    assert reply["choices"][0]["text"] == expected
+    assert text == expected
     assert "--quantization mlx: 16 linear layer(s) 4-bit on" in log_path.read_text()
 
 
