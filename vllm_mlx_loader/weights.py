@@ -148,18 +148,19 @@ def iter_dense_weights(
 
 
 def _packed_parts(weight: Weight, reader: ShardReader) -> Iterator[tuple[str, torch.Tensor]]:
-    """A 4-bit affine module's stored tensors, under its Hugging Face name, for a layer that keeps them packed."""
+    """A 4-bit affine module's stored tensors (an expert's: its entry of the stacks), under its Hugging Face name,
+    for a layer that keeps them packed."""
     module = weight.source
-    if not (isinstance(module, QuantizedModule) and weight.index is None and weight.inverse is None
+    if not (isinstance(module, QuantizedModule) and weight.inverse is None
             and module.params.mode == "affine" and module.params.bits == 4 and module.biases is not None):
         raise MLXCheckpointError(
-            weight.where(), "was to be kept 4-bit (--quantization mlx) but is not one 4-bit affine linear weight.",
+            weight.where(), "was to be kept 4-bit (--quantization mlx) but is not one 4-bit affine weight.",
             "Report this as a vllm-mlx-loader bug; without --quantization mlx the checkpoint loads dense.",
         )
     prefix = weight.name.removesuffix(".weight")
     for part, ref in (("weight", module.weight), ("scales", module.scales), ("biases", module.biases)):
         reader.stats.tensors += 1
-        yield f"{prefix}.{part}", _read_plain(ref, None, reader)
+        yield f"{prefix}.{part}", _read_plain(ref, weight.index, reader)  # an expert: its entry of the stack
 
 
 def dense_dtype(weight: Weight, dtype: torch.dtype) -> torch.dtype | None:

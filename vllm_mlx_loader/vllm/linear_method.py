@@ -144,6 +144,8 @@ def decision_counts(model: torch.nn.Module) -> dict[str, int]:
 
 def decisions(model: torch.nn.Module) -> tuple[dict[str, int], set[str]]:
     """(how many layers took each path, with its reason; the checkpoint modules the loader hands over packed)."""
+    from .moe_method import MLXMoEMethod
+
     counts: dict[str, int] = {}
     packed: set[str] = set()
     for module in model.modules():
@@ -153,10 +155,12 @@ def decisions(model: torch.nn.Module) -> tuple[dict[str, int], set[str]]:
             label = f"{what} 4-bit on {method.kernel.name}" if method.packed else f"{what} BF16 ({method.reason})"
             if method.packed:
                 packed.update(method.sources)
-        elif isinstance(method, UnquantizedLinearMethod) and hasattr(method, "mlx_reason"):
-            label = f"linear layer(s) BF16 ({method.mlx_reason})"
-        elif isinstance(method, FusedMoEMethodBase) and getattr(module, "quant_config", None) is not None:
-            label = "MoE expert layer(s) BF16 (no int4 fused-MoE kernel here takes MLX's layout yet)"
+        elif isinstance(method, MLXMoEMethod):
+            label = f"MoE expert layer(s) 4-bit on {method.kernel.name}, expert by expert"
+            packed.update(method.sources)
+        elif isinstance(method, (UnquantizedLinearMethod, FusedMoEMethodBase)) and hasattr(method, "mlx_reason"):
+            what = "MoE expert layer(s)" if isinstance(method, FusedMoEMethodBase) else "linear layer(s)"
+            label = f"{what} BF16 ({method.mlx_reason})"
         else:
             continue
         counts[label] = counts.get(label, 0) + 1

@@ -5,8 +5,9 @@ checkpoint as the loader reads it (`modules`: Hugging Face module name -> bits, 
 rests on what the shards hold, not on what config.json's defaults suggest. `get_quant_method` claims a linear layer
 when every checkpoint module it is made of (q/k/v for a fused qkv_proj, gate/up for gate_up_proj) is 4-bit affine
 with one group size, and likewise an embedding and `lm_head` (a tied `lm_head` computes through its 4-bit
-embedding); everything else (8-bit or float-mode layers, MoE experts) keeps the plugin's BF16 path, each linear
-layer with its reason, which the loader logs once per class.
+embedding); a mixture-of-experts layer when all its experts are (`experts`: the stacks' module prefix -> entry,
+with the projections and the count). Everything else (8-bit or float-mode layers) keeps the plugin's BF16 path,
+each layer with its reason, which the loader logs once per class.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ def unquantized(reason: str) -> UnquantizedLinearMethod:
 
 
 class MLXQuantConfig(QuantizationConfig):
-    def __init__(self, modules: dict[str, dict[str, Any]], tied: bool = False) -> None:
+    def __init__(self, modules: dict[str, dict[str, Any]], tied: bool = False,
+                 experts: dict[str, dict[str, Any]] | None = None) -> None:
         super().__init__()
         self.modules = dict(modules)  # vLLM module name -> checkpoint entry (with "source": the HF name)
+        self.experts = dict(experts or {})  # vLLM MoE layer name -> entry of its experts (with "source")
         self.tied = tied  # the checkpoint has no lm_head: the model ties it to the embedding
         self.embeddings: dict[int, torch.nn.Module] = {}  # 4-bit embeddings as made (a tied head finds its own)
         self._kernel = None
@@ -65,17 +68,23 @@ class MLXQuantConfig(QuantizationConfig):
                 "quantization_config for --quantization mlx has no 'modules': the vllm-mlx-loader plugin writes it "
                 "when it is installed and the model is an MLX checkpoint (--load-format mlx-4bit)"
             )
-        return cls({name: {**entry, "source": name} for name, entry in modules.items()}, bool(config.get("tied")))
+        experts = config.get("experts") or {}
+        return cls({name: {**entry, "source": name} for name, entry in modules.items()}, bool(config.get("tied")),
+                   {name: {**entry, "source": name} for name, entry in experts.items()})
 
     def apply_vllm_mapper(self, hf_to_vllm_mapper: Any) -> None:
         """Key the entries by vLLM's module names where the model renames Hugging Face's (e.g. a language model
         nested in a vision-language class); each keeps its HF name for the loader."""
-        renamed = {}
-        for name, entry in self.modules.items():
-            mapped = hf_to_vllm_mapper.apply_list([f"{name}.weight"])
-            if mapped:
-                renamed[mapped[0].removesuffix(".weight")] = entry
-        self.modules = renamed
+        def rename(entries: dict[str, dict[str, Any]], suffix: str) -> dict[str, dict[str, Any]]:
+            renamed = {}
+            for name, entry in entries.items():
+                mapped = hf_to_vllm_mapper.apply_list([f"{name}{suffix}"])
+                if mapped:
+                    renamed[mapped[0].removesuffix(suffix)] = entry
+            return renamed
+
+        self.modules = rename(self.modules, ".weight")
+        self.experts = rename(self.experts, ".0.weight")  # as an expert's weight is named
 
     def kernel(self) -> Any:
         if self._kernel is None:
@@ -96,8 +105,10 @@ class MLXQuantConfig(QuantizationConfig):
         from .linear_method import MLXLinearMethod, TiedHeadMethod
 
         embedding = isinstance(layer, VocabParallelEmbedding)
+        if hasattr(layer, "moe_config"):
+            return self.experts_method(layer, prefix)
         if not (embedding or isinstance(layer, LinearBase)):
-            return None  # MoE experts: the BF16 path
+            return None
         if isinstance(layer, ParallelLMHead) and prefix not in self.modules:
             return TiedHeadMethod(self.embeddings) if self.tied and self.embeddings else None
         entries = [self.modules.get(part) for part in self.parts(prefix)]
@@ -113,6 +124,28 @@ class MLXQuantConfig(QuantizationConfig):
         sources = [e["source"] for e in entries]
         lookup = embedding and not isinstance(layer, ParallelLMHead)  # an embedding proper: rows looked up
         return MLXLinearMethod(self.kernel(), group_size, sources, embedding, self.embeddings if lookup else None)
+
+    def experts_method(self, layer: torch.nn.Module, prefix: str) -> Any:
+        """Experts kept 4-bit where every one is 4-bit affine with one group size and the layer computes what the
+        expert-by-expert path does; else vLLM's unquantized method (the plugin's BF16 path) with the reason."""
+        from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import UnquantizedFusedMoEMethod
+
+        from .moe_method import MLXMoEMethod, refusal
+
+        entry = self.experts.get(prefix)
+        if entry is None:
+            reason = "not stored as 4-bit expert stacks"
+        elif entry["mode"] != "affine" or entry["bits"] != 4:
+            reason = f"{entry['bits']}-bit {entry['mode']} in the checkpoint" if entry["mode"] == "affine" else (
+                f"{entry['mode']} in the checkpoint")
+        else:
+            reason = refusal(self.kernel(), layer, entry["group_size"])
+        if reason is None:
+            sources = [f"{entry['source']}.{e}.{proj}" for e in range(entry["count"]) for proj in entry["projections"]]
+            return MLXMoEMethod(layer.moe_config, self.kernel(), entry["group_size"], sources, prefix)
+        method = UnquantizedFusedMoEMethod(layer.moe_config)
+        method.mlx_reason = reason
+        return method
 
 
 def register() -> None:
