@@ -33,7 +33,7 @@ _METHODS: dict[str, MLXMoEMethod] = {}  # the op's layer name -> its method, in 
 def experts_4bit(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, layer: str) -> torch.Tensor:
     method = _METHODS[layer]
     return moe_forward(method.kernel, method.tensors["w13"], method.tensors["w2"], x, topk_weights, topk_ids,
-                       (method.group_size, method.group_size))
+                       method.group_size)
 
 
 @experts_4bit.register_fake
@@ -111,14 +111,13 @@ class MLXMoEMethod(FusedMoEMethodBase):
         return True if return_success else None
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
-        prefix = self.layer
         for proj in PROJECTIONS:
             stored = [getattr(layer, f"{proj}_{part}").data for part in PARTS]
             prepared = stack_prepared(self.kernel, *stored, self.group_size)
             if self.kernel.self_check:
                 for e in range(stored[0].shape[0]):
                     check_layer(self.kernel, expert(prepared, e), *(t[e] for t in stored), self.group_size,
-                                f"{prefix} expert {e} {proj}")
+                                f"{self.layer} expert {e} {proj}")
             for part in PARTS:
                 delattr(layer, f"{proj}_{part}")
             for name, tensor in prepared.items():

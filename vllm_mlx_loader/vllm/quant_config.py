@@ -27,6 +27,11 @@ def module_entry(bits: int, group_size: int, mode: str) -> dict[str, Any]:
     return {"bits": bits, "group_size": group_size, "mode": mode}
 
 
+def stored_as(mode: str, bits: int) -> str:
+    """The reason a layer stored in another mode or width than 4-bit affine keeps the BF16 path."""
+    return f"{bits}-bit {mode} in the checkpoint" if mode == "affine" else f"{mode} in the checkpoint"
+
+
 def unquantized(reason: str) -> UnquantizedLinearMethod:
     method = UnquantizedLinearMethod()
     method.mlx_reason = reason  # read by the loader's summary of decisions
@@ -119,7 +124,7 @@ class MLXQuantConfig(QuantizationConfig):
             return unquantized("parts of a fused layer quantized differently")
         mode, bits, group_size = kinds.pop()
         if mode != "affine" or bits != 4:
-            reason = f"{bits}-bit {mode} in the checkpoint" if mode == "affine" else f"{mode} in the checkpoint"
+            reason = stored_as(mode, bits)
             return None if embedding else unquantized(reason)
         sources = [e["source"] for e in entries]
         lookup = embedding and not isinstance(layer, ParallelLMHead)  # an embedding proper: rows looked up
@@ -136,8 +141,7 @@ class MLXQuantConfig(QuantizationConfig):
         if entry is None:
             reason = "not stored as 4-bit expert stacks"
         elif entry["mode"] != "affine" or entry["bits"] != 4:
-            reason = f"{entry['bits']}-bit {entry['mode']} in the checkpoint" if entry["mode"] == "affine" else (
-                f"{entry['mode']} in the checkpoint")
+            reason = stored_as(entry["mode"], entry["bits"])
         else:
             reason = refusal(self.kernel(), layer, entry["group_size"])
         if reason is None:

@@ -29,11 +29,12 @@ def expert(tensors: Tensors, e: int) -> Tensors:
 
 
 def moe_forward(kernel: Int4Kernel, w13: Tensors, w2: Tensors, x: torch.Tensor, topk_weights: torch.Tensor,
-                topk_ids: torch.Tensor, group_sizes: tuple[int, int]) -> torch.Tensor:
+                topk_ids: torch.Tensor, group_size: int) -> torch.Tensor:
     """Σ over each token's k experts of weight · down(silu(gate(x)) · up(x)), `[M, H]` in x's dtype.
 
     `w13` holds gate and up (rows [0, I) and [I, 2I) of each expert, as vLLM's w13), `w2` down; `topk_ids` `[M, k]`
-    (an id outside [0, E) is an expert this rank does not hold: skipped); `group_sizes` of w13 and w2. Expert outputs
+    (an id outside [0, E) is an expert this rank does not hold: skipped); `group_size` of both (the checkpoint's
+    experts are quantized alike, or the layer keeps the BF16 path). Expert outputs
     are computed and summed in float32 (each kernel takes float32 x and returns float32: its own rounding only) and
     rounded once."""
     tokens, k = topk_ids.shape
@@ -52,9 +53,9 @@ def moe_forward(kernel: Int4Kernel, w13: Tensors, w2: Tensors, x: torch.Tensor, 
         token = rows // k
         # float32 from the kernels' output to the sum: their own rounding is the only one (a BF16 gate/up and
         # activation moved validate's min cosine from 0.99914 to 0.99828 on the Qwen3-MoE fixture)
-        gate_up = kernel.apply(expert(w13, e), x[token].float(), group_sizes[0])
+        gate_up = kernel.apply(expert(w13, e), x[token].float(), group_size)
         gate, up = gate_up.chunk(2, dim=-1)
-        down = kernel.apply(expert(w2, e), F.silu(gate) * up, group_sizes[1])
+        down = kernel.apply(expert(w2, e), F.silu(gate) * up, group_size)
         weights = topk_weights.reshape(-1)[rows].float().unsqueeze(-1)
         out.index_add_(0, token, down * weights)
     return out.to(x.dtype)
