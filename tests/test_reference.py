@@ -120,6 +120,8 @@ def test_routing_slack_is_negative_only_within_bf16_reach() -> None:
     # the deviation a BF16 device's router input carries from earlier layers widens the bound
     w[0] = 0.0102  # the first choice now leads by 0.013: 2^-9 rounding cannot move it, a 3 % deviation can
     assert (router_slack(x, w, None, None, k=1) > 0).all() and (router_slack(x, w, None, None, 1, 0.03) < 0).all()
+    # one deviation per row (a position's own): only the row that carries 3 % is within reach
+    assert (router_slack(x, w, None, None, 1, torch.tensor([0.0, 0.03])) < 0).tolist() == [False, True]
 
 
 @pytest.mark.parametrize("variant", ["qwen3_moe", "mixtral", "gpt_oss", "q4g128"])
@@ -131,7 +133,7 @@ def test_both_references_record_the_same_routing_slack(variant, checkpoints) -> 
     ckpt = read_checkpoint(checkpoints[variant])
     sequence = [3 + (i * 37) % 500 for i in range(200)]
     model, mlx_model = load_reference(ckpt), load_float32(checkpoints[variant])
-    deviation = routing.bf16_deviation(model, ckpt.config, sequence[:40])
+    deviation = routing.emulated_deviation(model, ckpt.config, sequence)
     with routing.recording_torch(model, ckpt.config, deviation) as torch_record:
         first_block(reference_logit_blocks(model, sequence, 64))
     with routing.recording_mlx(mlx_model, ckpt.config, deviation) as mlx_record:
@@ -139,13 +141,38 @@ def test_both_references_record_the_same_routing_slack(variant, checkpoints) -> 
     if variant == "q4g128":
         assert torch_record is None and mlx_record is None and deviation is None
         return
-    # one figure per MoE layer, above BF16's rounding of the router input alone (the layers before it add theirs)
+    # one figure per MoE layer and position, above BF16's rounding of the router input alone in the median (the
+    # layers before it add theirs)
     assert deviation and set(deviation) <= set(range(ckpt.config["num_hidden_layers"]))
-    assert all(2.0**-10 < d < 0.5 for d in deviation.values()), deviation
+    assert all(d.shape == (len(sequence) - 1,) for d in deviation.values())
+    assert all(2.0**-10 < float(d.median()) < 0.5 for d in deviation.values()), deviation
     ours, theirs = torch_record.take(), mlx_record.take()
     assert ours.shape == theirs.shape == (len(sequence) - 1,)
     assert (ours - theirs).abs().max() < 1e-3  # the same bound per layer on both sides: the layers are matched
     assert mlx_record.take() is None  # taken: the next sequence starts afresh
+
+
+def test_device_factor_is_the_devices_deviation_in_units_of_the_emulations(checkpoints) -> None:
+    """`routing.device_factor` on the Qwen3-MoE fixture: a device whose final hidden states are float32's scores 0,
+    the BF16 emulation's 1, twice the emulation's deviation 2; a device that is not the reference's width, or a dense
+    model, gets none."""
+    from vllm_mlx_loader import routing
+
+    ckpt = read_checkpoint(checkpoints["qwen3_moe"])
+    model = load_reference(ckpt)
+    sequence = [3 + (i * 37) % 500 for i in range(80)]
+    decoder, ids = model.get_decoder(), torch.tensor([sequence[:routing.FACTOR_ROWS]])
+    with torch.inference_mode():
+        exact = decoder(input_ids=ids).last_hidden_state[0]
+        with routing.bf16_emulation(decoder):
+            emulated = decoder(input_ids=ids).last_hidden_state[0]
+    assert 0 < float((emulated - exact).norm() / exact.norm()) < 0.05  # BF16's size, not a broken model's
+    for device, want in ((exact, 0.0), (emulated, 1.0), (exact + 2 * (emulated - exact), 2.0)):
+        assert routing.device_factor(model, ckpt.config, sequence, device) == pytest.approx(want, abs=1e-6)
+    assert routing.device_factor(model, ckpt.config, sequence, exact[:, :-1]) is None
+    assert routing.device_factor(model, ckpt.config, sequence, None) is None
+    dense = read_checkpoint(checkpoints["q4g128"])
+    assert routing.device_factor(load_reference(dense), dense.config, sequence, exact) is None
 
 
 def test_routers_a_gating_module_wraps_are_recorded_by_both_references() -> None:

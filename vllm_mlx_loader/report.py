@@ -61,10 +61,11 @@ def _cpu_model_name() -> str:
 def build(
     ckpt: MLXCheckpoint, args: argparse.Namespace, gates: accuracy.Gates, tokenizer: Any, texts: list[str],
     runs: list, per_reference: dict[str, list[accuracy.RowMetrics]], chat: bool, env: dict[str, Any],
-    routing_deviation: dict[int, float] | None = None,
+    routing_deviation: dict[int, float] | None = None, device_factor: float | None = None,
 ) -> dict[str, Any]:
     """`per_reference[name][i]`: the per-position metrics of prompt i's device run against reference `name`;
-    `routing_deviation`: per MoE layer, the BF16 deviation of router inputs the near-tie bounds include."""
+    `routing_deviation`: per MoE layer, the median deviation of router inputs the near-tie bounds include;
+    `device_factor`: the device's logit deviation in units of the BF16 emulation's (`routing.device_factor`)."""
     comparisons, failed, steps = {}, [], []
     for name, per_prompt in per_reference.items():
         # generated rows start at the prompt's last position (which predicts the first generated token)
@@ -119,6 +120,7 @@ def build(
             "greedy": True, "near_tie_nat": accuracy.NEAR_TIE_NAT,
             "device_logits": "raw, captured in vLLM's worker",
             "router_input_bf16_deviation": {str(i): d for i, d in sorted((routing_deviation or {}).items())},
+            "router_deviation_device_factor": device_factor,
         },
         "gates": accuracy.gates_dict(gates),
         "comparisons": comparisons,

