@@ -94,8 +94,6 @@ class Record:
         return torch.stack(layers).amin(0) if layers else None
 
 
-
-
 def _torch_routers(model: torch.nn.Module, experts: int) -> list[tuple[str, torch.nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if is_router_path(name)
             and isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() == 2
@@ -218,7 +216,8 @@ def device_factor(model: torch.nn.Module, config: dict[str, Any], sequence: list
 @contextmanager
 def recording_torch(model: torch.nn.Module, config: dict[str, Any],
                     deviation: Deviation | None = None) -> Iterator[Record | None]:
-    """Record the routing slack of transformers' `model` while the block runs (None for a dense model)."""
+    """Record the routing slack of transformers' `model` while the block runs (None for a dense model), with the
+    bounds' `deviation` (set `record.deviation` between sequences: one per sequence, `emulated_deviation`)."""
     moe = experts_and_top_k(config)
     routers = _torch_routers(model, moe[0]) if moe else []
     if not routers:
@@ -245,7 +244,8 @@ def recording_torch(model: torch.nn.Module, config: dict[str, Any],
 @contextmanager
 def recording_mlx(model: Any, config: dict[str, Any], deviation: Deviation | None = None) -> Iterator[Record | None]:
     """Record the routing slack of mlx-lm's `model` while the block runs (None for a dense model, or one whose
-    routers are not plain (quantized) linear layers, as DeepSeek-V3's `MoEGate`)."""
+    routers are not plain (quantized) linear layers, as DeepSeek-V3's `MoEGate`); `deviation` as for
+    `recording_torch`."""
     import mlx.core as mx
     import mlx.nn as nn
     import numpy as np

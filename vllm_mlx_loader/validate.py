@@ -184,6 +184,9 @@ def validate(args: argparse.Namespace, gates: accuracy.Gates) -> int:
             if factor is not None:
                 log(f"the device's final hidden states deviate {factor:.2f}x a BF16 emulation's from float32: "
                     "routing near-tie bounds take each position's emulated router-input deviation times that")
+            elif emulate and routing.experts_and_top_k(ckpt.config):
+                log("the device's final hidden states were not captured: routing near-tie bounds take the BF16 "
+                    "emulation's router-input deviation alone")
 
             def torch_blocks(seq: list[int]) -> Iterator[torch.Tensor]:
                 if emulate and record is not None:
