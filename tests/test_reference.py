@@ -171,6 +171,7 @@ def test_device_factor_is_the_devices_deviation_in_units_of_the_emulations(check
         assert routing.device_factor(model, ckpt.config, sequence, device) == pytest.approx(want, abs=1e-6)
     assert routing.device_factor(model, ckpt.config, sequence, exact[:, :-1]) is None
     assert routing.device_factor(model, ckpt.config, sequence, None) is None
+    assert routing.device_factor(model, ckpt.config, sequence[:1], exact) is None  # a one-token prompt: no row
     dense = read_checkpoint(checkpoints["q4g128"])
     assert routing.device_factor(load_reference(dense), dense.config, sequence, exact) is None
 

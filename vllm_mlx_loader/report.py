@@ -65,7 +65,8 @@ def build(
 ) -> dict[str, Any]:
     """`per_reference[name][i]`: the per-position metrics of prompt i's device run against reference `name`;
     `routing_deviation`: per MoE layer, the median deviation of router inputs the near-tie bounds include;
-    `device_factor`: the device's logit deviation in units of the BF16 emulation's (`routing.device_factor`)."""
+    `device_factor`: the device's final-hidden-state deviation in units of the BF16 emulation's
+    (`routing.device_factor`)."""
     comparisons, failed, steps = {}, [], []
     for name, per_prompt in per_reference.items():
         # generated rows start at the prompt's last position (which predicts the first generated token)

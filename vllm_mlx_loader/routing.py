@@ -202,9 +202,11 @@ def device_factor(model: torch.nn.Module, config: dict[str, Any], sequence: list
     if not moe or not _torch_routers(model, moe[0]) or device_hidden is None or device_hidden.dim() != 2:
         return None
     rows = min(FACTOR_ROWS, device_hidden.shape[0], len(sequence) - 1)
+    if rows < 1:  # a one-token prompt: no row to compare (and no empty forward pass)
+        return None
     decoder, ids = model.get_decoder(), torch.tensor([sequence[:rows]])
     exact = decoder(input_ids=ids).last_hidden_state[0].double()
-    if rows < 1 or exact.shape[-1] != device_hidden.shape[-1]:
+    if exact.shape[-1] != device_hidden.shape[-1]:
         return None
     with bf16_emulation(decoder):
         emulated = decoder(input_ids=ids).last_hidden_state[0].double()
