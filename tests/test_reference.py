@@ -133,9 +133,10 @@ def test_both_references_record_the_same_routing_slack(variant, checkpoints) -> 
     ckpt = read_checkpoint(checkpoints[variant])
     sequence = [3 + (i * 37) % 500 for i in range(200)]
     model, mlx_model = load_reference(ckpt), load_float32(checkpoints[variant])
-    deviation = routing.emulated_deviation(model, ckpt.config, sequence)
-    with routing.recording_torch(model, ckpt.config, deviation) as torch_record:
-        first_block(reference_logit_blocks(model, sequence, 64))
+    with routing.recording_torch(model, ckpt.config) as torch_record:
+        deviation = routing.emulate(model, torch_record, sequence)
+        assert torch_record is None or torch_record.take() is None  # the emulated pass records no slack
+        first_block(reference_logit_blocks(model, sequence, 64))  # ... and this one measures against it
     with routing.recording_mlx(mlx_model, ckpt.config, deviation) as mlx_record:
         first_block(logit_blocks(mlx_model, sequence, 64))
     if variant == "q4g128":
@@ -146,6 +147,24 @@ def test_both_references_record_the_same_routing_slack(variant, checkpoints) -> 
     assert deviation and set(deviation) <= set(range(ckpt.config["num_hidden_layers"]))
     assert all(d.shape == (len(sequence) - 1,) for d in deviation.values())
     assert all(2.0**-10 < float(d.median()) < 0.5 for d in deviation.values()), deviation
+    # the figure two separate passes give (a float32 one, then the emulation), for the first router
+    name, router = next((n, m) for n, m in model.named_modules() if routing.is_router_path(n))
+    seen: list[torch.Tensor] = []
+    hook = router.register_forward_pre_hook(lambda m, args: seen.append(args[0].reshape(len(sequence) - 1, -1)))
+    decoder, ids = model.get_decoder(), torch.tensor([sequence[:-1]])
+    with torch.inference_mode():
+        decoder(input_ids=ids)
+        with routing.bf16_emulation(decoder):
+            decoder(input_ids=ids)
+    hook.remove()
+    exact, emulated = seen[0].double(), seen[1].double()
+    want = (emulated - exact).norm(dim=-1) / exact.norm(dim=-1)
+    layer = int(name.split("layers.")[1].split(".")[0])
+    assert torch.allclose(deviation[layer], want, rtol=1e-6, atol=0)
+    with routing.recording_torch(model, ckpt.config) as again:  # a device factor scales it
+        doubled = routing.emulate(model, again, sequence, factor=2.0)
+        first_block(reference_logit_blocks(model, sequence, 64))
+    assert torch.allclose(doubled[layer], 2 * want, rtol=1e-6, atol=0)
     ours, theirs = torch_record.take(), mlx_record.take()
     assert ours.shape == theirs.shape == (len(sequence) - 1,)
     assert (ours - theirs).abs().max() < 1e-3  # the same bound per layer on both sides: the layers are matched

